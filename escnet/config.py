@@ -15,13 +15,10 @@ def add_escnet_config(cfg):
 
 
 def _add_data_config(cfg):
-    # "sem_seg": escnet.data.SemanticSegmentationMapper (resize, crop, flip, colour jitter).
-    cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
+    # SSD-style photometric jitter (brightness, contrast, saturation) in training.
     cfg.INPUT.COLOR_AUG_SSD = False
     # Training crops whose largest category covers more than this share are re-drawn (1.0: off).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # Pad images to a multiple of this in a batch (-1: no padding).
-    cfg.INPUT.SIZE_DIVISIBILITY = -1
 
 
 def _add_solver_config(cfg):
@@ -36,6 +33,8 @@ def _add_test_config(cfg):
     # Sliding-window inference: windows of the model's input size with overlap, plus a global view.
     cfg.TEST.SLIDING_WINDOW = False
     cfg.TEST.SLIDING_OVERLAP = 0.333
+    # Images per batch at inference (per process).
+    cfg.TEST.IMS_PER_BATCH = 1
 
 
 def _add_escnet_model_config(cfg):
@@ -43,3 +42,25 @@ def _add_escnet_model_config(cfg):
     # Vocabulary overrides: JSON lists of class names; empty: the dataset's metadata.stuff_classes.
     cfg.MODEL.ESCNET.TRAIN_CLASS_JSON = ""
     cfg.MODEL.ESCNET.TEST_CLASS_JSON = ""
+
+    # --- CLIP (clip_encoder.py)
+    # open_clip model name (ViT-B-16, ViT-L-14-336, ...) or a JSON model-config path such as
+    # configs/clip/tiny-vit.json (relative paths: working directory, then the repo root).
+    cfg.MODEL.ESCNET.CLIP_MODEL = "ViT-B-16"
+    # open_clip pretrained tag ("openai": QuickGELU is used), a checkpoint file path, or "" (random).
+    cfg.MODEL.ESCNET.CLIP_PRETRAINED = "openai"
+    # Side of the square CLIP input; the positional embedding is resized to it (B/16: 384, L/14: 336).
+    cfg.MODEL.ESCNET.CLIP_INPUT_SIZE = 384
+    # Prompt templates ("{}" = class name); text features are averaged over templates and synonyms.
+    cfg.MODEL.ESCNET.CLIP_TEMPLATES = ["A photo of a {} in the scene."]
+    # 0-based vision blocks whose outputs feed the decoder's skips; []: first and second third of
+    # the ViT (CAT-Seg: [3, 7] for ViT-B/16, [7, 15] for ViT-L/14).
+    cfg.MODEL.ESCNET.CLIP_INTERMEDIATE_LAYERS = []
+    # Trainable CLIP parameters: "attention" (attention layers of both towers), "none", "full".
+    cfg.MODEL.ESCNET.CLIP_FINETUNE = "attention"
+    # Never download CLIP weights (also on with HF_HUB_OFFLINE=1): a missing weight is an error.
+    cfg.MODEL.ESCNET.CLIP_OFFLINE = False
+    # Weight cache folder ("": Hugging Face hub cache / ~/.cache/clip).
+    cfg.MODEL.ESCNET.CLIP_CACHE_DIR = ""
+    # Prompts per text-encoder call (bounds memory for large vocabularies x many templates).
+    cfg.MODEL.ESCNET.CLIP_TEXT_CHUNK_SIZE = 1024

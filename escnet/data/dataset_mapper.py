@@ -1,0 +1,108 @@
+"""Dataset mapper for semantic segmentation: Detectron2 dicts -> model inputs."""
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from ..utils.errors import EscnetError
+from .build import dataset_vocabulary
+from .label_io import read_label_map
+
+
+def build_train_augmentations(cfg):
+    """Resize (shortest edge), category-area-constrained crop, photometric jitter, flip."""
+    augs = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    if cfg.INPUT.COLOR_AUG_SSD:
+        # SSD-style photometric distortion from Detectron2's transforms.
+        augs += [
+            T.RandomBrightness(0.875, 1.125),
+            T.RandomContrast(0.5, 1.5),
+            T.RandomSaturation(0.5, 1.5),
+        ]
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+    return augs
+
+
+def build_test_augmentations(cfg):
+    """Resize so the shortest edge is ``INPUT.MIN_SIZE_TEST`` (640 for the benchmarks)."""
+    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+
+
+class SemanticSegmentationMapper:
+    """Map one dataset dict to ``{"image": 3 x H x W uint8, "sem_seg": H x W int64, "vocabulary", ...}``.
+
+    Ground-truth pixels equal to the dataset's ``ignore_label`` become ``ignore_value`` (the
+    model's), so datasets with other ignore encodings (65535 in uint16 TIFF) train alike.
+    """
+
+    @configurable
+    def __init__(self, *, is_train, augmentations, image_format, vocabulary, dataset_ignore_label, ignore_value):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.vocabulary = tuple(vocabulary)
+        self.dataset_ignore_label = dataset_ignore_label
+        self.ignore_value = ignore_value
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True, dataset_name=None):
+        if dataset_name is None:
+            dataset_name = (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)[0]
+        meta = MetadataCatalog.get(dataset_name)
+        return {
+            "is_train": is_train,
+            "augmentations": build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "vocabulary": dataset_vocabulary(cfg, dataset_name, is_train),
+            "dataset_ignore_label": meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE),
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        except OSError as err:
+            raise EscnetError(f"cannot read image {dataset_dict['file_name']}: {err}") from None
+        sem_seg = None
+        if "sem_seg_file_name" in dataset_dict and self.is_train:
+            labels = read_label_map(dataset_dict["sem_seg_file_name"])
+            # float64 holds every label exactly and is resized with "nearest" by Detectron2.
+            sem_seg = np.where(labels == self.dataset_ignore_label, self.ignore_value, labels).astype(np.float64)
+            if sem_seg.shape != image.shape[:2]:
+                raise EscnetError(
+                    f"label {dataset_dict['sem_seg_file_name']} is {sem_seg.shape}, image is {image.shape[:2]}"
+                )
+        dataset_dict.setdefault("height", image.shape[0])
+        dataset_dict.setdefault("width", image.shape[1])
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if aug_input.sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        dataset_dict["vocabulary"] = self.vocabulary
+        return dataset_dict

@@ -1,0 +1,59 @@
+"""U-Net style decoder of ESC-Net: class features at ``h x w`` -> logits at ``2^K h x 2^K w``.
+
+Each of the K stages upsamples the class features 2x (bilinear), concatenates a skip from a
+CLIP intermediate feature map (projected by a 1x1 conv and upsampled bilinearly to the stage's
+resolution; shared by all classes), and applies a 3x3 conv + GroupNorm + GELU. A 3x3 conv
+gives one logit per class and pixel. The deepest intermediate feeds the first (coarsest) stage.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUPNORM_CHANNELS_PER_GROUP = 16
+
+
+def _group_norm(channels):
+    return nn.GroupNorm(max(1, channels // GROUPNORM_CHANNELS_PER_GROUP), channels)
+
+
+class UpsamplingDecoder(nn.Module):
+    """``B x Nc x E x h x w`` class features + K skips ``B x D x h x w`` -> ``B x Nc x 2^K h x 2^K w``."""
+
+    def __init__(self, in_dim: int, skip_in_dim: int, decoder_dims: Sequence[int], skip_dims: Sequence[int]):
+        super().__init__()
+        if len(decoder_dims) != len(skip_dims):
+            raise ValueError("decoder: DECODER_DIMS and DECODER_SKIP_DIMS must have the same length")
+        self.skip_projs = nn.ModuleList(nn.Conv2d(skip_in_dim, s, kernel_size=1) for s in skip_dims)
+        stages = []
+        previous = in_dim
+        for out_dim, skip_dim in zip(decoder_dims, skip_dims):
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(previous + skip_dim, out_dim, kernel_size=3, padding=1),
+                    _group_norm(out_dim),
+                    nn.GELU(),
+                )
+            )
+            previous = out_dim
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Conv2d(previous, 1, kernel_size=3, padding=1)
+
+    @property
+    def num_stages(self):
+        return len(self.stages)
+
+    def forward(self, class_features: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+        """``skips``: at least ``num_stages`` maps; the last ``num_stages`` are used, deepest first."""
+        b, nc, dim, h, w = class_features.shape
+        x = class_features.reshape(b * nc, dim, h, w)
+        used = list(reversed(skips[len(skips) - self.num_stages:]))
+        for skip, proj, stage in zip(used, self.skip_projs, self.stages):
+            size = (x.shape[-2] * 2, x.shape[-1] * 2)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            guide = F.interpolate(proj(skip), size=size, mode="bilinear", align_corners=False)
+            guide = guide.unsqueeze(1).expand(b, nc, *guide.shape[1:]).reshape(b * nc, -1, *size)
+            x = stage(torch.cat([x, guide], dim=1))
+        logits = self.head(x)
+        return logits.view(b, nc, logits.shape[-2], logits.shape[-1])

@@ -1,0 +1,240 @@
+"""SAM parts of ESC-Net: prompt encoder, class-wise two-way attention blocks, checkpoint loading.
+
+* :class:`SamPromptEncoder` is ``segment_anything``'s ``PromptEncoder`` (same parameter names as
+  in SAM checkpoints) on the CLIP grid, plus :meth:`~SamPromptEncoder.embed_pseudo_prompts`
+  which turns :class:`~escnet.modeling.prompt_generator.PseudoPrompts` into SAM tokens.
+* :class:`SamClassBlock` is one ESC block's SAM step: the image features attend with each
+  class's prompt tokens (plus a projected text token) through one ``TwoWayAttentionBlock`` of
+  SAM's mask decoder, batched over classes; the Nc refined maps are fused into one map with a
+  class-count- and order-agnostic weighted mean.
+* :func:`load_sam_checkpoint` copies ``prompt_encoder.*`` and ``mask_decoder.transformer.*``
+  tensors of an official SAM checkpoint into those modules (strict key and shape check).
+"""
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segment_anything.modeling.prompt_encoder import PromptEncoder
+from segment_anything.modeling.transformer import TwoWayAttentionBlock
+
+from ..utils.errors import EscnetError
+from ..utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+PROMPT_TYPES = ("point", "box", "mask")
+SAM_MASK_UPSCALE = 4  # SAM's mask path downsamples its input by 4 (two stride-2 convs)
+DOWNLOAD_TIMEOUT_S = 20
+
+
+class SamPromptEncoder(PromptEncoder):
+    """SAM's prompt encoder with the image embedding size set to the CLIP grid ``(h, w)``.
+
+    Points and boxes are given in grid pixels; masks at ``4h x 4w`` (SAM's mask path
+    downsamples 4x).
+    """
+
+    def __init__(self, embed_dim: int, grid_size, mask_in_chans: int):
+        grid_size = tuple(int(s) for s in grid_size)
+        super().__init__(
+            embed_dim=embed_dim,
+            image_embedding_size=grid_size,
+            input_image_size=grid_size,
+            mask_in_chans=mask_in_chans,
+        )
+
+    def embed_pseudo_prompts(self, prompts, prompt_types):
+        """Pseudo prompts -> SAM embeddings.
+
+        Args:
+            prompts: :class:`PseudoPrompts` of ``N`` maps with ``R`` regions on the grid.
+            prompt_types: subset of ``("point", "box", "mask")``.
+        Returns:
+            sparse: ``N x T x E`` tokens: R point tokens (+1 padding token when there are no
+                boxes, as SAM does), then 2R box-corner tokens; invalid (empty) regions give
+                SAM's ``not_a_point`` token. ``T`` may be 0.
+            dense: ``N x E x h x w``: the foreground mask through SAM's mask path, or SAM's
+                ``no_mask`` embedding (no mask prompt, or an empty foreground).
+        """
+        weight = self.not_a_point_embed.weight  # 1 x E
+        n, num_regions = prompts.valid.shape
+        tokens = [weight.new_zeros(n, 0, self.embed_dim)]
+        valid = prompts.valid.unsqueeze(-1)
+        if "point" in prompt_types:
+            encoded = self.pe_layer.forward_with_coords(prompts.points + 0.5, self.input_image_size)
+            encoded = encoded.to(weight.dtype) + self.point_embeddings[1].weight
+            tokens.append(torch.where(valid, encoded, weight.expand_as(encoded)))
+            if "box" not in prompt_types:
+                tokens.append(weight.expand(n, 1, -1))
+        if "box" in prompt_types:
+            corners = (prompts.boxes + 0.5).reshape(n * num_regions, 2, 2)
+            encoded = self.pe_layer.forward_with_coords(corners, self.input_image_size).to(weight.dtype)
+            encoded = encoded + torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+            encoded = encoded.reshape(n, num_regions * 2, self.embed_dim)
+            corner_valid = valid.repeat_interleave(2, dim=1)
+            tokens.append(torch.where(corner_valid, encoded, weight.expand_as(encoded)))
+        sparse = torch.cat(tokens, dim=1)
+
+        h, w = self.image_embedding_size
+        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+        if "mask" not in prompt_types:
+            return sparse, no_mask
+        foreground = prompts.foreground.to(weight.dtype).unsqueeze(1)  # N x 1 x h x w
+        masks = F.interpolate(foreground, size=self.mask_input_size, mode="nearest")
+        dense = self.mask_downscaling(masks)
+        has_mask = prompts.valid.any(dim=1).view(n, 1, 1, 1)
+        return sparse, torch.where(has_mask, dense, no_mask)
+
+
+class SamClassBlock(nn.Module):
+    """One ESC block's SAM step: class-wise refinement of the image features, then fusion.
+
+    For class ``n`` the tokens are ``[text token, prompt tokens]`` where the text token is the
+    class's text feature projected to SAM's width (our reading of ``BCA(SA(F_l^n), F_v)``);
+    the image tokens are the projected image features plus the dense (mask) prompt embedding,
+    as in SAM's mask decoder. One ``TwoWayAttentionBlock`` (token self-attention, token->image
+    cross-attention, MLP, image->token cross-attention) runs on all ``B * Nc`` pairs at once.
+    The refined maps ``(F_v^n)'`` are fused by a shared 1x1 conv and a per-pixel weighted mean
+    over classes (weights: ``class_weights``, summing to 1 over classes), which works for any
+    number and order of classes.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        text_dim: int,
+        out_dim: int,
+        sam_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ):
+        super().__init__()
+        self.image_proj = nn.Conv2d(in_dim, sam_dim, kernel_size=1)
+        self.text_proj = nn.Linear(text_dim, sam_dim)
+        self.block = TwoWayAttentionBlock(
+            embedding_dim=sam_dim,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            activation=nn.ReLU,
+            attention_downsample_rate=attention_downsample_rate,
+            skip_first_layer_pe=skip_first_layer_pe,
+        )
+        self.fuse = nn.Linear(sam_dim, out_dim)  # the shared per-class 1x1 conv
+
+    def forward(self, image, text, sparse, dense, dense_pe, class_weights):
+        """
+        Args:
+            image: ``B x Din x h x w`` image features.
+            text: ``Nc x Ct`` class text features.
+            sparse: ``(B*Nc) x T x E`` prompt tokens (image-major: index ``b * Nc + n``).
+            dense: ``(B*Nc) x E x h x w`` dense prompt embeddings.
+            dense_pe: ``1 x E x h x w`` SAM positional encoding of the grid.
+            class_weights: ``B x Nc x h x w``, summing to 1 over classes.
+        Returns:
+            ``B x Dout x h x w`` fused refined image features.
+        """
+        b, _, h, w = image.shape
+        nc = text.shape[0]
+        image_tokens = self.image_proj(image).unsqueeze(1) + dense.view(b, nc, -1, h, w)
+        keys = image_tokens.flatten(3).transpose(2, 3).reshape(b * nc, h * w, -1)  # (B*Nc) x hw x E
+        key_pe = dense_pe.flatten(2).transpose(1, 2).to(keys.dtype)  # 1 x hw x E
+        text_token = self.text_proj(text).unsqueeze(1).repeat(b, 1, 1)  # (B*Nc) x 1 x E
+        queries = torch.cat([text_token, sparse.to(text_token.dtype)], dim=1)
+        _, keys = self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe)
+        weights = class_weights.flatten(2).unsqueeze(-1).to(keys.dtype)  # B x Nc x hw x 1
+        # shared linear map then weighted mean == weighted mean then the linear map (weights sum to 1)
+        fused = self.fuse((keys.view(b, nc, h * w, -1) * weights).sum(dim=1))  # B x hw x Dout
+        return fused.transpose(1, 2).reshape(b, -1, h, w)
+
+
+# ---------------------------------------------------------------------- checkpoint loading
+def resolve_sam_checkpoint(path_or_url: str) -> str:
+    """Local file for a SAM checkpoint path or URL (URLs are cached in torch hub's checkpoints dir).
+
+    A URL not in the cache is downloaded with a timeout; no network or a missing file raises a
+    one-line ``EscnetError`` saying which file to put where.
+    """
+    if not urllib.parse.urlparse(path_or_url).scheme in ("http", "https"):
+        if not os.path.isfile(path_or_url):
+            raise EscnetError(
+                f"SAM checkpoint not found: {path_or_url!r} (set MODEL.ESCNET.SAM_CHECKPOINT to "
+                "sam_vit_b_01ec64.pth, or to \"\" with MODEL.ESCNET.SAM_INIT random)"
+            )
+        return path_or_url
+    filename = os.path.basename(urllib.parse.urlparse(path_or_url).path)
+    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    cached = os.path.join(cache_dir, filename)
+    if os.path.isfile(cached):
+        return cached
+    logger.info("Downloading SAM checkpoint %s to %s", path_or_url, cached)
+    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        with urllib.request.urlopen(path_or_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            _copy_with_progress(response, cached, filename)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise EscnetError(
+            f"cannot download the SAM checkpoint {path_or_url} ({err}); put {filename} into "
+            f"{cache_dir} or set MODEL.ESCNET.SAM_CHECKPOINT to its local path"
+        ) from None
+    return cached
+
+
+def _copy_with_progress(response, destination, name):
+    from tqdm import tqdm
+
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with atomic_path(destination) as tmp, open(tmp, "wb") as out, tqdm(
+        total=total, unit="B", unit_scale=True, desc=name
+    ) as bar:
+        while True:
+            chunk = response.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def load_sam_checkpoint(path_or_url: str, targets) -> int:
+    """Copy SAM checkpoint tensors into modules; return the number of tensors copied.
+
+    Args:
+        path_or_url: a SAM checkpoint (``sam_vit_b_01ec64.pth``) path or URL.
+        targets: ``{checkpoint_prefix: module}``, e.g. ``{"prompt_encoder.": encoder,
+            "mask_decoder.transformer.layers.1.": block}``; every parameter and persistent
+            buffer of each module must be in the checkpoint under ``prefix + name`` with the
+            same shape (else ``EscnetError`` naming the key).
+    """
+    path = resolve_sam_checkpoint(path_or_url)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
+        raise EscnetError(f"cannot read the SAM checkpoint {path!r}: {type(err).__name__}: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise EscnetError(f"SAM checkpoint {path!r} does not hold a state dict")
+    copied = 0
+    with torch.no_grad():
+        for prefix, module in targets.items():
+            for name, tensor in module.state_dict().items():
+                key = prefix + name
+                if key not in state:
+                    raise EscnetError(f"SAM checkpoint {path!r} lacks {key!r} (is it a SAM checkpoint?)")
+                source = state[key]
+                if tuple(source.shape) != tuple(tensor.shape):
+                    raise EscnetError(
+                        f"SAM checkpoint {path!r}: {key!r} has shape {tuple(source.shape)}, the model "
+                        f"needs {tuple(tensor.shape)} (check MODEL.ESCNET.SAM_* sizes)"
+                    )
+                tensor.copy_(source)
+                copied += 1
+    logger.info("Loaded %d SAM tensors from %s", copied, path)
+    return copied

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Train or evaluate escnet models (Detectron2 command line).
+
+    python train_net.py --config-file configs/vitl.yaml --num-gpus 4
+    python train_net.py --config-file configs/vitl.yaml --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file configs/tiny.yaml --resume      # continue a killed run
+"""
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+import escnet  # noqa: F401  (registers datasets, models, evaluators)
+from escnet.engine import AtomicCheckpointer, Trainer, load_config
+from escnet.utils.errors import EscnetError, cli_entry
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    default_setup(cfg, args)
+    cfg.freeze()
+    return cfg
+
+
+@cli_entry
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS and not args.resume:
+            raise EscnetError("--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model.pth")
+        model = Trainer.build_model(cfg)
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        print(f"training finished; checkpoints and logs in {cfg.OUTPUT_DIR}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
