@@ -7,6 +7,7 @@
 """
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import escnet  # noqa: F401  (registers datasets, models, evaluators)
 from escnet.engine import AtomicCheckpointer, Trainer, load_config
@@ -16,6 +17,7 @@ from escnet.utils.errors import EscnetError, cli_entry
 def setup(args):
     cfg = load_config(args.config_file, args.opts, freeze=False)
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="escnet")
     cfg.freeze()
     return cfg
 
@@ -26,6 +28,8 @@ def main(args):
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise EscnetError("--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model.pth")
+        if not cfg.DATASETS.TEST:
+            raise EscnetError("--eval-only needs DATASETS.TEST: name at least one dataset to evaluate")
         model = Trainer.build_model(cfg)
         AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)

@@ -64,3 +64,41 @@ def _add_escnet_model_config(cfg):
     cfg.MODEL.ESCNET.CLIP_CACHE_DIR = ""
     # Prompts per text-encoder call (bounds memory for large vocabularies x many templates).
     cfg.MODEL.ESCNET.CLIP_TEXT_CHUNK_SIZE = 1024
+
+    # --- ESC-Net (escnet_model.py and parts)
+    # Number of ESC blocks (PPG + SAM block + VLF); paper: N = 4.
+    cfg.MODEL.ESCNET.NUM_BLOCKS = 4
+    # Width of the class features, of F_v' and of the VLF / decoder input (CAT-Seg: 128).
+    cfg.MODEL.ESCNET.HIDDEN_DIM = 128
+    # Pseudo prompts fed to SAM's prompt encoder, any of "point", "box", "mask" (paper Table 3:
+    # point + mask is best).
+    cfg.MODEL.ESCNET.PROMPT_TYPES = ["point", "mask"]
+    # Regions (k-means clusters) per class map; paper: N_o = 5.
+    cfg.MODEL.ESCNET.NUM_REGIONS = 5
+    # alpha: a pixel is foreground when its spatial probability is >= alpha x the map's peak
+    # probability (not given in the paper; see docs/design.md).
+    cfg.MODEL.ESCNET.PPG_THRESHOLD = 0.5
+    # Softmax temperature of class maps (over positions for the PPG, over classes for fusing the
+    # SAM outputs); 0.01 = CLIP's logit scale 100 on cosine similarities.
+    cfg.MODEL.ESCNET.PPG_TEMPERATURE = 0.01
+    # Maximum Lloyd iterations of the PPG's k-means (stops early on convergence).
+    cfg.MODEL.ESCNET.PPG_KMEANS_ITERS = 10
+    # SAM blocks: "pretrained" (from SAM_CHECKPOINT), "random", "none" (no SAM block; Table 2).
+    cfg.MODEL.ESCNET.SAM_INIT = "pretrained"
+    # SAM ViT-B checkpoint: local path or URL (cached in torch hub's checkpoints dir); "": random.
+    cfg.MODEL.ESCNET.SAM_CHECKPOINT = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+    # SAM decoder layer (0 or 1) initialising each ESC block; []: block k <- layer k mod 2.
+    cfg.MODEL.ESCNET.SAM_LAYER_MAP = []
+    # SAM block sizes (must match the checkpoint when pretrained: 256, 8, 2048, 16, 2).
+    cfg.MODEL.ESCNET.SAM_DIM = 256
+    cfg.MODEL.ESCNET.SAM_NUM_HEADS = 8
+    cfg.MODEL.ESCNET.SAM_MLP_DIM = 2048
+    cfg.MODEL.ESCNET.SAM_MASK_IN_CHANS = 16
+    cfg.MODEL.ESCNET.SAM_ATTENTION_DOWNSAMPLE = 2
+    # VLF: Swin window size (on the CLIP grid), Swin heads, heads of the linear class attention.
+    cfg.MODEL.ESCNET.WINDOW_SIZE = 12
+    cfg.MODEL.ESCNET.SWIN_NUM_HEADS = 4
+    cfg.MODEL.ESCNET.CLASS_ATTENTION_HEADS = 4
+    # Decoder: channels of each 2x upsampling stage and of its CLIP skip (CAT-Seg: 64/32, 32/16).
+    cfg.MODEL.ESCNET.DECODER_DIMS = [64, 32]
+    cfg.MODEL.ESCNET.DECODER_SKIP_DIMS = [32, 16]

@@ -11,6 +11,7 @@ Test-time preprocessing follows Detectron2's ``DefaultPredictor``: the image is 
 ``INPUT.FORMAT`` with the original ``height``/``width`` and the ``vocabulary``, and the model (in
 eval mode, under ``torch.no_grad``) returns probabilities at the original resolution.
 """
+
 import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -20,11 +21,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .config import add_escnet_config
+from .engine.setup import load_config
 from .utils.errors import EscnetError
 from .vocabulary import validate_vocabulary
 
@@ -129,33 +130,19 @@ def default_device():
 def build_segmenter_config(config, weights=None, opts=(), device=None):
     """Build a frozen Detectron2 config: file (or shipped name), then ``opts``, ``weights``, ``device``.
 
-    ``device=None`` keeps a ``MODEL.DEVICE`` given in ``opts``, else picks CUDA when available.
+    Loaded with ``escnet.engine.load_config`` like every escnet tool. ``device=None`` keeps a
+    ``MODEL.DEVICE`` given in ``opts``, else picks CUDA when available.
     """
-    path = resolve_config_file(config)
-    cfg = get_cfg()
-    add_escnet_config(cfg)
     opts = list(opts or [])
-    if len(opts) % 2:
-        raise EscnetError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
-    try:
-        cfg.merge_from_file(path)
-        cfg.merge_from_list(opts)
-    except KeyError as err:
-        raise EscnetError(f"config {path!r}: {err.args[0] if err.args else err}") from None
-    except (ValueError, AssertionError, TypeError) as err:
-        raise EscnetError(f"config {path!r} is invalid: {err}") from None
-    except Exception as err:  # yaml syntax errors and the like
-        if type(err).__module__.startswith("yaml"):
-            raise EscnetError(f"config {path!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-        raise
+    cfg = load_config(resolve_config_file(config), opts, freeze=False)
     if weights is not None:
         cfg.MODEL.WEIGHTS = os.fspath(weights)
     if device is not None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EscnetError(f"device {device!r} requested but CUDA is not available; use --device cpu")
         cfg.MODEL.DEVICE = device
     elif "MODEL.DEVICE" not in opts[::2]:
         cfg.MODEL.DEVICE = default_device()
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise EscnetError(f"device {cfg.MODEL.DEVICE!r} requested but CUDA is not available; use --device cpu")
     if cfg.INPUT.FORMAT not in COLOR_FORMATS:
         raise EscnetError(f"INPUT.FORMAT must be one of {COLOR_FORMATS}, got {cfg.INPUT.FORMAT!r}")
     cfg.freeze()
@@ -281,8 +268,9 @@ class Segmenter:
         weights_path = cfg.MODEL.WEIGHTS
         if not weights_path and not allow_random_weights:
             raise EscnetError(
-                "config has no weights (MODEL.WEIGHTS is empty): pass a checkpoint "
-                "(--opts MODEL.WEIGHTS path / weights=...), or allow random weights explicitly"
+                "config has no weights (MODEL.WEIGHTS is empty): pass a checkpoint with --opts MODEL.WEIGHTS "
+                "<file> (Python: weights=...), or --allow-random-weights (allow_random_weights=True) "
+                "to run an untrained model"
             )
         if weights_path and "://" not in weights_path and not os.path.isfile(weights_path):
             raise EscnetError(f"checkpoint not found: {weights_path!r} (MODEL.WEIGHTS)")
@@ -293,14 +281,8 @@ class Segmenter:
                 DetectionCheckpointer(self.model).load(weights_path)
             except Exception as err:  # unpickling errors, wrong file type, shape mismatch
                 raise EscnetError(f"cannot load checkpoint {weights_path!r}: {str(err).splitlines()[0]}") from None
-        self.resize = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
-
-    @property
-    def device(self):
-        return torch.device(self.cfg.MODEL.DEVICE)
 
     def segment(self, image, vocabulary, color_format="RGB", score_threshold=0.0, return_probabilities=True):
         """Segment one image (path, PIL image or NumPy array) with ``vocabulary``.
@@ -372,3 +354,4 @@ class Segmenter:
             unlabelled=unlabelled,
             score_threshold=score_threshold,
         )
+

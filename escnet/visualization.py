@@ -4,6 +4,7 @@ A class's colour derives from a hash of its (normalised) name, not its index, so
 same colour in every image and every vocabulary. Unlabelled pixels (below the score threshold)
 keep the image's own colours and have an uncoloured, crossed legend swatch.
 """
+
 import colorsys
 import hashlib
 from dataclasses import dataclass
@@ -131,27 +132,33 @@ class _LegendLayout:
     def height(self, rows):
         return 2 * self.pad + rows * self.row
 
-    def draw_row(self, draw, x, y, entry_color, text):
-        """Draw a swatch (crossed empty box when ``entry_color`` is None) and its text at ``(x, y)``."""
+    def draw_row(self, draw, x, y, entry_color, text, swatch=True):
+        """Draw a row at ``(x, y)``: a swatch (a crossed empty box when ``entry_color`` is None) and text."""
         top = y + (self.row - self.swatch) // 2
         box = [x + self.pad, top, x + self.pad + self.swatch - 1, top + self.swatch - 1]
-        if entry_color is None:
-            draw.rectangle(box, fill=BACKGROUND, outline=OUTLINE_COLOR)
-            draw.line(box, fill=OUTLINE_COLOR)
-        else:
-            draw.rectangle(box, fill=tuple(entry_color), outline=OUTLINE_COLOR)
+        if swatch:
+            fill = BACKGROUND if entry_color is None else tuple(entry_color)
+            draw.rectangle(box, fill=fill, outline=OUTLINE_COLOR)
+            if entry_color is None:
+                draw.line(box, fill=OUTLINE_COLOR)
         draw.text((box[2] + 1 + self.pad, y + self.row / 2), text, fill=TEXT_COLOR, font=self.font, anchor="lm")
 
 
-def render_overlay(image, labels, vocabulary, unlabelled, opacity=0.5, legend="side"):
+def render_overlay(image, labels, vocabulary, unlabelled, opacity=0.5, legend="side", min_height=0):
     """Draw the segmentation over ``image`` (``H x W x 3`` uint8 RGB) with a legend.
 
     ``legend``: ``"side"`` adds a panel right of the image listing every class present (the picture
     grows); ``"inside"`` draws the legend in the image's top-left corner, keeping its size (for video;
     rows that do not fit are summarised as "+N more"); ``None`` draws no legend.
+    ``min_height``: pictures lower than this are enlarged by an integer factor (nearest neighbour,
+    so pixels stay sharp) to keep small images and their legend legible; 0: never.
     Returns the picture (uint8 RGB array) and the legend entries (classes present, largest first).
     """
     entries = legend_entries(labels, vocabulary, unlabelled)
+    if 0 < image.shape[0] < min_height:
+        factor = -(-min_height // image.shape[0])
+        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        labels = np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
     blended = blend_labels(image, labels, vocabulary, unlabelled, opacity)
     if legend is None:
         return blended, entries
@@ -161,23 +168,23 @@ def render_overlay(image, labels, vocabulary, unlabelled, opacity=0.5, legend="s
         panel_width = layout.width([layout.text(e) for e in entries])
         canvas = Image.new("RGB", (width + panel_width, max(height, layout.height(len(entries)))), BACKGROUND)
         canvas.paste(Image.fromarray(blended), (0, 0))
-        rows, x0, y0 = [(e.color, layout.text(e)) for e in entries], width, 0
+        rows, x0, y0 = [(e.color, layout.text(e), True) for e in entries], width, 0
     elif legend == "inside":
         canvas = Image.fromarray(blended)
         fitting = max(0, (height - 2 * layout.pad) // layout.row)
         if len(entries) > fitting:
             shown = max(0, fitting - 1)
-            rows = [(e.color, layout.text(e)) for e in entries[:shown]]
-            rows.append(((255, 255, 255), f"+{len(entries) - shown} more"))
+            rows = [(e.color, layout.text(e), True) for e in entries[:shown]]
+            rows.append((None, f"+{len(entries) - shown} more", False))
         else:
-            rows = [(e.color, layout.text(e)) for e in entries]
+            rows = [(e.color, layout.text(e), True) for e in entries]
         x0, y0 = 0, 0
-        box_width = min(width, layout.width([text for _, text in rows]))
+        box_width = min(width, layout.width([text for _, text, _ in rows]))
         box_height = min(height, layout.height(len(rows)))
         ImageDraw.Draw(canvas).rectangle([0, 0, box_width - 1, box_height - 1], fill=BACKGROUND)
     else:
         raise ValueError(f"legend must be 'side', 'inside' or None, got {legend!r}")
     draw = ImageDraw.Draw(canvas)
-    for i, (color, text) in enumerate(rows):
-        layout.draw_row(draw, x0, y0 + layout.pad + i * layout.row, color, text)
+    for i, (color, text, swatch) in enumerate(rows):
+        layout.draw_row(draw, x0, y0 + layout.pad + i * layout.row, color, text, swatch)
     return np.asarray(canvas), entries

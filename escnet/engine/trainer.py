@@ -77,6 +77,15 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg):
+        from detectron2.modeling import META_ARCH_REGISTRY
+
+        if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
+            known = ", ".join(sorted(name for name, _ in META_ARCH_REGISTRY))
+            raise EscnetError(f"unknown MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}; known: {known}")
+        return super().build_model(cfg)
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
 
@@ -105,7 +114,8 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate every ``DATASETS.TEST`` set with its own vocabulary; log one summary table."""
         if not cfg.DATASETS.TEST:
-            raise EscnetError("DATASETS.TEST is empty: name at least one dataset to evaluate")
+            logger.info("DATASETS.TEST is empty: nothing to evaluate")
+            return OrderedDict()
         for name in cfg.DATASETS.TEST:
             check_dataset_registered(name)
         results = super().test(cfg, model, evaluators)
@@ -127,7 +137,6 @@ def write_summary(cfg, results):
     row = [f"{results[n]['sem_seg']['mIoU']:.1f}" for n in names]
     table = tabulate([row], headers=[benchmark_name(n) for n in names], tablefmt="pipe")
     logger.info("mIoU per benchmark:\n" + table)
-    print("mIoU per benchmark:\n" + table, flush=True)
     summary = OrderedDict(
         (n, {"benchmark": benchmark_name(n), **{k: results[n]["sem_seg"][k] for k in ("mIoU", "fwIoU", "mACC", "pACC")}})
         for n in names

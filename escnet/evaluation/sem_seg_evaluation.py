@@ -17,7 +17,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..data.label_io import read_label_map
-from ..utils.io import write_json_atomic
+from ..utils.io import atomic_path, write_json_atomic
 
 
 def confusion_matrix(gt, pred, num_classes, ignore_label):
@@ -79,7 +79,7 @@ class SemSegEvaluator(DatasetEvaluator):
         self._conf = None
 
     def _class_names(self, meta):
-        return [name.split(",")[0].strip() for name in meta.stuff_classes]
+        return display_names(meta.stuff_classes)
 
     def map_prediction(self, pred):
         """Map predicted vocabulary indices to evaluation classes (identity here)."""
@@ -109,6 +109,8 @@ class SemSegEvaluator(DatasetEvaluator):
         results = segmentation_metrics(conf, self.class_names)
         self._logger.info(self._format_table(results))
         if self.output_dir:
+            with atomic_path(os.path.join(self.output_dir, "confusion_matrix.npy")) as tmp:
+                np.save(tmp, conf)
             write_json_atomic(
                 os.path.join(self.output_dir, "sem_seg_metrics.json"),
                 {"dataset": self.dataset_name, **{k: _json_float(v) for k, v in results.items()}},
@@ -139,10 +141,18 @@ class SemSegBackgroundEvaluator(SemSegEvaluator):
 
     def _class_names(self, meta):
         index = meta.background_class_index
-        return [name.split(",")[0].strip() for name in meta.stuff_classes[:index]] + ["background"]
+        return display_names(meta.stuff_classes[:index]) + ["background"]
 
     def map_prediction(self, pred):
         return np.minimum(pred, self.num_classes - 1)
+
+
+def display_names(entries):
+    """Short class names for tables and metric keys: an entry's first synonym, or the whole
+    entry where first synonyms repeat (ADE-847 has e.g. several "bag, ..." entries)."""
+    first = [entry.split(",")[0].strip() for entry in entries]
+    counts = {name: first.count(name) for name in first}
+    return [name if counts[name] == 1 else entry for name, entry in zip(first, entries)]
 
 
 def _chunks(items, size):

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _TRUE_STRINGS = {"1", "on", "yes", "true"}
+# Seconds to wait for the weight host to answer before calling the network unreachable (the
+# Hugging Face client otherwise retries for about a minute per file without a network).
+NETWORK_PROBE_TIMEOUT_S = 5.0
 
 
 def is_config_file(model_name):
@@ -168,12 +171,38 @@ def resolve_checkpoint(model_name, config_name, pretrained, *, offline, cache_di
         raise EscnetError(f"CLIP weights {model_name}/{pretrained} are not available offline: {hint}")
     import open_clip
 
-    logger.info("Downloading CLIP weights %s/%s from %s", model_name, pretrained, source["url"])
+    host = _download_host(tag_cfg)
+    if not _host_reachable(host):
+        raise EscnetError(f"CLIP weights {model_name}/{pretrained}: cannot reach {host} (no network?); {hint}")
+    logger.info("Downloading CLIP weights %s/%s from %s", model_name, pretrained, host)
     try:
         return open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir or None)
     except Exception as err:  # network, hub or checksum failures: all mean "get the file yourself"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EscnetError(f"could not download CLIP weights {model_name}/{pretrained} ({reason}); {hint}") from None
+
+
+def _download_host(tag_cfg):
+    """The host open_clip downloads a tag from (the hub when it can, else the URL's host)."""
+    from urllib.parse import urlparse
+
+    from open_clip.pretrained import has_hf_hub
+
+    if tag_cfg.get("hf_hub") and has_hf_hub():
+        from huggingface_hub.constants import ENDPOINT
+
+        return urlparse(ENDPOINT).hostname
+    return urlparse(tag_cfg.get("url", "")).hostname
+
+
+def _host_reachable(host):
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def _hf_candidates(tag_cfg):
@@ -276,7 +305,10 @@ def load_clip_checkpoint(model, path):
     try:
         if _is_torchscript_archive(path):
             state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
+            # TorchScript archives also hold OpenAI's metadata and non-persistent buffers.
+            persistent = set(model.state_dict())
+            transient = {name for name, _ in model.named_buffers()} - persistent
+            for key in transient | {"input_resolution", "context_length", "vocab_size"}:
                 state_dict.pop(key, None)
             state_dict = open_clip.convert.convert_state_dict(model, state_dict)
             open_clip.model.resize_pos_embed(state_dict, model)

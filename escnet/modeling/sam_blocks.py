@@ -49,6 +49,28 @@ class SamPromptEncoder(PromptEncoder):
             mask_in_chans=mask_in_chans,
         )
 
+    def freeze_unused(self, prompt_types):
+        """Stop training the embeddings ``prompt_types`` never use (so every trained parameter
+        gets a gradient, as DDP expects): the negative-point embedding always; the positive-point one
+        without points; ``not_a_point`` unless there are points and no boxes (then SAM's padding
+        token always uses it; otherwise it only marks empty regions, which a batch may lack,
+        and keeps its initial value); box corners without boxes; the mask path
+        without masks; ``no_mask`` with masks (a foreground is never empty: the PPG's peak
+        pixel is always foreground)."""
+        unused = [self.point_embeddings[0]]
+        if "point" not in prompt_types:
+            unused.append(self.point_embeddings[1])
+        if "point" not in prompt_types or "box" in prompt_types:
+            unused.append(self.not_a_point_embed)
+        if "box" not in prompt_types:
+            unused += [self.point_embeddings[2], self.point_embeddings[3]]
+        if "mask" in prompt_types:
+            unused.append(self.no_mask_embed)
+        else:
+            unused.append(self.mask_downscaling)
+        for module in unused:
+            module.requires_grad_(False)
+
     def embed_pseudo_prompts(self, prompts, prompt_types):
         """Pseudo prompts -> SAM embeddings.
 
@@ -162,7 +184,7 @@ def resolve_sam_checkpoint(path_or_url: str) -> str:
     A URL not in the cache is downloaded with a timeout; no network or a missing file raises a
     one-line ``EscnetError`` saying which file to put where.
     """
-    if not urllib.parse.urlparse(path_or_url).scheme in ("http", "https"):
+    if urllib.parse.urlparse(path_or_url).scheme not in ("http", "https"):
         if not os.path.isfile(path_or_url):
             raise EscnetError(
                 f"SAM checkpoint not found: {path_or_url!r} (set MODEL.ESCNET.SAM_CHECKPOINT to "
@@ -207,8 +229,8 @@ def load_sam_checkpoint(path_or_url: str, targets) -> int:
 
     Args:
         path_or_url: a SAM checkpoint (``sam_vit_b_01ec64.pth``) path or URL.
-        targets: ``{checkpoint_prefix: module}``, e.g. ``{"prompt_encoder.": encoder,
-            "mask_decoder.transformer.layers.1.": block}``; every parameter and persistent
+        targets: ``[(checkpoint_prefix, module)]``, e.g. ``[("prompt_encoder.", encoder),
+            ("mask_decoder.transformer.layers.1.", block)]`` (a prefix may repeat); every parameter and persistent
             buffer of each module must be in the checkpoint under ``prefix + name`` with the
             same shape (else ``EscnetError`` naming the key).
     """
@@ -216,14 +238,15 @@ def load_sam_checkpoint(path_or_url: str, targets) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
-        raise EscnetError(f"cannot read the SAM checkpoint {path!r}: {type(err).__name__}: {err}") from None
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise EscnetError(f"cannot read the SAM checkpoint {path!r}: {type(err).__name__}: {first_line}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise EscnetError(f"SAM checkpoint {path!r} does not hold a state dict")
     copied = 0
     with torch.no_grad():
-        for prefix, module in targets.items():
+        for prefix, module in targets:
             for name, tensor in module.state_dict().items():
                 key = prefix + name
                 if key not in state:

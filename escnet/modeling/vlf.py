@@ -59,8 +59,10 @@ class VisionLanguageFusion(nn.Module):
         window_size: int,
         num_heads: int,
         class_attention_heads: int,
+        predicts_map: bool = True,
         mlp_ratio: float = 4.0,
     ):
+        """``predicts_map``: False for the last ESC block (no PPG follows; it returns no map)."""
         super().__init__()
         grid_size = tuple(int(s) for s in grid_size)
         self.guidance_fuse = nn.Linear(2 * dim, dim)
@@ -79,10 +81,12 @@ class VisionLanguageFusion(nn.Module):
         self.class_attention = LinearClassAttention(dim, text_dim, class_attention_heads)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
-        self.map_norm = nn.LayerNorm(dim)
-        self.map_head = nn.Linear(dim, 1)
-        nn.init.zeros_(self.map_head.weight)
-        nn.init.zeros_(self.map_head.bias)
+        self.predicts_map = predicts_map
+        if predicts_map:
+            self.map_norm = nn.LayerNorm(dim)
+            self.map_head = nn.Linear(dim, 1)
+            nn.init.zeros_(self.map_head.weight)
+            nn.init.zeros_(self.map_head.bias)
 
     def forward(self, class_features, image_features, text, class_maps):
         """
@@ -92,7 +96,8 @@ class VisionLanguageFusion(nn.Module):
             text: ``Nc x Ct`` text features.
             class_maps: ``B x Nc x h x w`` maps the PPG of this block used.
         Returns:
-            ``(B x Nc x E x h x w features, B x Nc x h x w maps for the next block)``.
+            ``(B x Nc x E x h x w features, B x Nc x h x w maps for the next block)``; the maps
+            are ``class_maps`` unchanged when ``predicts_map`` is False.
         """
         b, nc, dim, h, w = class_features.shape
         x = class_features.permute(0, 1, 3, 4, 2).reshape(b * nc, h, w, dim)
@@ -103,6 +108,8 @@ class VisionLanguageFusion(nn.Module):
         x = x.view(b, nc, h * w, dim).transpose(1, 2).reshape(b * h * w, nc, dim)  # pixels x classes
         x = x + self.class_attention(self.class_norm(x), text)
         x = x + self.mlp(self.mlp_norm(x))
-        maps = class_maps + self.map_head(self.map_norm(x)).view(b, h, w, nc).permute(0, 3, 1, 2)
+        maps = class_maps
+        if self.predicts_map:
+            maps = maps + self.map_head(self.map_norm(x)).view(b, h, w, nc).permute(0, 3, 1, 2)
         features = x.view(b, h, w, nc, dim).permute(0, 3, 4, 1, 2)
         return features.contiguous(), maps

@@ -6,7 +6,8 @@ Raw:      ``ADE20K_2021_17_01/index_ade20k.pkl`` (dict of lists; ``folder[i]``/`
           ``R // 10 * 256 + G`` (0 = unlabeled, k = ``objectnames[k - 1]``).
 Prepared: ``ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg`` and
           ``annotations_detectron2/validation/<name>.tif`` (uint16 trainId 0..846, ignore 65535),
-          both with the short side capped at 512 pixels (bilinear image, nearest labels).
+          both with the short side capped at 512 pixels (bilinear image, nearest labels; JPEG
+          at PIL's default quality, as in MaskFormer's conversion).
 
 The 847-class table's ``id`` is that pixel class value itself (1-based relative to
 ``objectnames``), as in MaskFormer/CAT-Seg's conversion; ``check_objectnames`` warns when an
@@ -64,13 +65,11 @@ def decode_class_mask(seg_rgb):
 
 def capped_size(height, width, short_side_cap=SHORT_SIDE_CAP):
     """``(height, width)`` scaled so that the short side is at most ``short_side_cap``."""
-    short = min(height, width)
-    if short <= short_side_cap:
+    if min(height, width) <= short_side_cap:
         return height, width
-    scale = short_side_cap / short
     if height <= width:
-        return short_side_cap, round(width * scale)
-    return round(height * scale), short_side_cap
+        return short_side_cap, round(width / height * short_side_cap)
+    return round(height / width * short_side_cap), short_side_cap
 
 
 def load_index(path):
@@ -105,8 +104,8 @@ def check_objectnames(objectnames, table):
     return one_based
 
 
-def convert_ade20k_full(job, lut):
-    """Worker: resize the image and its class mask (short side <= 512), write JPEG + uint16 TIFF."""
+def convert_ade20k_full(job, lut, short_side_cap=SHORT_SIDE_CAP):
+    """Worker: resize the image and its class mask (short side <= cap), write JPEG + uint16 TIFF."""
     try:
         with Image.open(job.image) as img:
             image = np.asarray(img.convert("RGB"))
@@ -124,7 +123,7 @@ def convert_ade20k_full(job, lut):
             f"its image {image.shape[1]}x{image.shape[0]}"
         )
     labels = remap(decode_class_mask(seg_rgb), lut, job.seg)
-    height, width = capped_size(*labels.shape)
+    height, width = capped_size(*labels.shape, short_side_cap)
     if (height, width) != labels.shape:
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -133,8 +132,12 @@ def convert_ade20k_full(job, lut):
     write_label_map(label_out, labels)
 
 
-def prepare_ade20k_full(root, workers=None):
-    """Write ``images_detectron2/validation`` and ``annotations_detectron2/validation`` for A-847."""
+def prepare_ade20k_full(root, workers=None, short_side_cap=SHORT_SIDE_CAP):
+    """Write ``images_detectron2/validation`` and ``annotations_detectron2/validation`` for A-847.
+
+    ``short_side_cap``: images and labels with a longer short side are downscaled to it
+    (512 in the benchmark; a re-run keeps files already written, whatever cap made them).
+    """
     base = os.path.join(root, ADE20K_FULL_DIR)
     index_path = os.path.join(base, "index_ade20k.pkl")
     index = load_index(index_path)
@@ -162,12 +165,22 @@ def prepare_ade20k_full(root, workers=None):
             f"ADE20K-full image {first} (listed in {index_path}) not found: the index's folders are "
             f"read relative to the datasets root {root}"
         )
-    worker = functools.partial(convert_ade20k_full, lut=ade20k_full_lookup_table())
+    worker = functools.partial(
+        convert_ade20k_full, lut=ade20k_full_lookup_table(), short_side_cap=short_side_cap
+    )
     written, skipped = run_jobs(jobs, worker, "ADE20K-full validation", workers)
     return PrepareSummary(written, skipped, (image_dir, label_dir))
+
+
+def _add_arguments(parser):
+    parser.add_argument(
+        "--short-side-cap", type=int, default=SHORT_SIDE_CAP, dest="short_side_cap",
+        help=f"downscale images/labels whose short side exceeds this (default: {SHORT_SIDE_CAP}, the benchmark's)",
+    )
 
 
 main = prepare_cli(
     prepare_ade20k_full,
     "Prepare ADE20K-847 validation images and labels (uint16 TIFF, ignore 65535, short side <= 512).",
+    _add_arguments,
 )

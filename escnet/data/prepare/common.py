@@ -1,6 +1,6 @@
 """Shared machinery of the dataset preparation scripts.
 
-A preparation is a list of independent *jobs* (one per output label map); ``run_jobs`` runs
+A preparation is a list of independent *jobs* (one per raw label file); ``run_jobs`` runs
 them in a process pool with a tqdm bar, skipping jobs whose outputs already exist, so a
 re-run only does what is left. Every output is written atomically (``escnet.utils.io``),
 so an interrupted run never leaves a half-written file that a re-run would skip.
@@ -121,6 +121,8 @@ def run_jobs(jobs, worker, desc, workers=None):
     ``jobs``: objects with an ``outputs`` tuple of file paths. ``workers``: process count
     (default: all CPU cores; 1 runs in this process). Returns ``(written, skipped)``.
     """
+    if workers is not None and workers < 1:
+        raise EscnetError(f"the number of worker processes must be at least 1, got {workers}")
     todo = [job for job in jobs if not _outputs_exist(job)]
     skipped = len(jobs) - len(todo)
     if skipped:

@@ -1,0 +1,351 @@
+"""ESC-Net meta-architecture (CVPR 2025): CLIP correlation -> N ESC blocks -> U-Net decoder.
+
+``B`` images, ``Nc`` classes, CLIP grid ``h x w`` at input size ``S x S``:
+
+1. CLIP dense features ``F_v`` (``B x C x h x w``) and text features ``F_l`` (``Nc x C``);
+2. correlation ``C(n, i) = cos(F_v(i), F_l(n))`` (``B x Nc x h x w``), embedded per class by a
+   1x1 conv into the class features (``B x Nc x E x h x w``);
+3. N ESC blocks (:class:`~escnet.modeling.esc_block.ESCBlock`): pseudo prompts from the
+   current class maps, a SAM two-way attention block per class, Vision-Language Fusion;
+4. U-Net decoder with CLIP intermediate skips -> logits ``B x Nc x 4h x 4w`` -> ``S x S``.
+
+Follows the model contract of docs/architecture.md; design choices are in docs/design.md.
+"""
+import logging
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..utils.errors import EscnetError
+from ..vocabulary import validate_vocabulary
+from .clip_encoder import CLIPEncoder
+from .decoder import UpsamplingDecoder
+from .esc_block import ESCBlock
+from .prompt_generator import PseudoPromptGenerator
+from .sam_blocks import PROMPT_TYPES, SamClassBlock, SamPromptEncoder, load_sam_checkpoint
+from .vlf import VisionLanguageFusion
+
+logger = logging.getLogger(__name__)
+
+SAM_INIT_MODES = ("pretrained", "random", "none")
+SAM_DECODER_DEPTH = 2  # two-way transformer layers in SAM's mask decoder (all SAM variants)
+SAM_LAYER_PREFIX = "mask_decoder.transformer.layers."
+
+
+@META_ARCH_REGISTRY.register()
+class ESCNet(nn.Module):
+    """ESC-Net for open-vocabulary semantic segmentation (see the module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip_encoder: CLIPEncoder,
+        num_blocks: int,
+        hidden_dim: int,
+        prompt_types: Sequence[str],
+        num_regions: int,
+        ppg_threshold: float,
+        ppg_temperature: float,
+        ppg_kmeans_iters: int,
+        sam_init: str,
+        sam_checkpoint: str,
+        sam_layer_map: Sequence[int],
+        sam_dim: int,
+        sam_num_heads: int,
+        sam_mlp_dim: int,
+        sam_mask_in_chans: int,
+        sam_attention_downsample: int,
+        window_size: int,
+        swin_num_heads: int,
+        class_attention_heads: int,
+        decoder_dims: Sequence[int],
+        decoder_skip_dims: Sequence[int],
+        ignore_value: int,
+        input_format: str = "RGB",
+        train_vocabulary=None,
+        test_vocabulary=None,
+        vocabulary_error: str = "",
+        sliding_window: bool = False,
+        sliding_overlap: float = 0.333,
+    ):
+        """Keyword arguments mirror the ``MODEL.ESCNET.*`` keys (see escnet/config.py).
+
+        ``train_vocabulary`` / ``test_vocabulary``: defaults for inputs without a vocabulary
+        (None: such inputs raise ``EscnetError`` with ``vocabulary_error``).
+        """
+        super().__init__()
+        prompt_types = tuple(t.lower() for t in prompt_types)
+        unknown = [t for t in prompt_types if t not in PROMPT_TYPES]
+        if unknown or len(set(prompt_types)) != len(prompt_types):
+            raise EscnetError(f"MODEL.ESCNET.PROMPT_TYPES={list(prompt_types)}; use distinct entries of {PROMPT_TYPES}")
+        if sam_init not in SAM_INIT_MODES:
+            raise EscnetError(f"MODEL.ESCNET.SAM_INIT={sam_init!r}; expected one of {', '.join(SAM_INIT_MODES)}")
+        if sam_init != "none" and not prompt_types:
+            raise EscnetError("MODEL.ESCNET.PROMPT_TYPES is empty: give any of point, box, mask (or SAM_INIT none)")
+        if num_blocks < 1:
+            raise EscnetError(f"MODEL.ESCNET.NUM_BLOCKS must be >= 1, got {num_blocks}")
+        layer_map = list(sam_layer_map) or [k % SAM_DECODER_DEPTH for k in range(num_blocks)]
+        if len(layer_map) != num_blocks or any(not 0 <= i < SAM_DECODER_DEPTH for i in layer_map):
+            raise EscnetError(
+                f"MODEL.ESCNET.SAM_LAYER_MAP={list(sam_layer_map)} must give one SAM decoder layer "
+                f"(0..{SAM_DECODER_DEPTH - 1}) per ESC block ({num_blocks})"
+            )
+        if input_format not in ("RGB", "BGR"):
+            raise EscnetError(f"INPUT.FORMAT={input_format!r}: ESC-Net takes RGB or BGR images")
+        if not 0.0 <= sliding_overlap < 1.0:
+            raise EscnetError(f"TEST.SLIDING_OVERLAP must be in [0, 1), got {sliding_overlap}")
+
+        self.clip_encoder = clip_encoder
+        grid = tuple(clip_encoder.grid_size)
+        self.input_size = tuple(clip_encoder.input_size)
+        text_dim = clip_encoder.embed_dim
+        self.correlation_embed = nn.Conv2d(1, hidden_dim, kernel_size=1)
+
+        use_sam = sam_init != "none"
+        self.prompt_encoder = None
+        if use_sam:
+            self.prompt_encoder = SamPromptEncoder(sam_dim, grid, sam_mask_in_chans)
+        prompt_generator = PseudoPromptGenerator(num_regions, ppg_threshold, ppg_temperature, ppg_kmeans_iters)
+        blocks = []
+        for k in range(num_blocks):
+            in_dim = text_dim if k == 0 else hidden_dim
+            sam_block = None
+            if use_sam:
+                sam_block = SamClassBlock(
+                    in_dim=in_dim,
+                    text_dim=text_dim,
+                    out_dim=hidden_dim,
+                    sam_dim=sam_dim,
+                    num_heads=sam_num_heads,
+                    mlp_dim=sam_mlp_dim,
+                    attention_downsample_rate=sam_attention_downsample,
+                    # SAM's first layer skips the query PE (its queries are the prompts themselves),
+                    # as is the case in every ESC block: keep the behaviour of the source layer.
+                    skip_first_layer_pe=layer_map[k] == 0,
+                )
+            fusion = VisionLanguageFusion(
+                hidden_dim, text_dim, grid, window_size, swin_num_heads, class_attention_heads,
+                predicts_map=use_sam and k < num_blocks - 1,  # maps only feed the next PPG
+            )
+            blocks.append(ESCBlock(in_dim, hidden_dim, prompt_generator, sam_block, fusion, prompt_types, ppg_temperature))
+        self.blocks = nn.ModuleList(blocks)
+        self.sam_layer_map = layer_map if use_sam else []
+        self.decoder = UpsamplingDecoder(hidden_dim, clip_encoder.width, decoder_dims, decoder_skip_dims)
+        if len(clip_encoder.intermediate_layers) < self.decoder.num_stages:
+            raise EscnetError(
+                f"the decoder has {self.decoder.num_stages} stages but CLIP gives "
+                f"{len(clip_encoder.intermediate_layers)} intermediate layers (MODEL.ESCNET.CLIP_INTERMEDIATE_LAYERS)"
+            )
+
+        if sam_init == "pretrained":
+            if sam_checkpoint:
+                load_sam_checkpoint(sam_checkpoint, self.sam_checkpoint_targets())
+            else:
+                logger.warning("MODEL.ESCNET.SAM_CHECKPOINT is empty: SAM blocks start from random weights")
+        if self.prompt_encoder is not None:
+            self.prompt_encoder.freeze_unused(prompt_types)
+
+        self.prompt_types = prompt_types
+        self.ignore_value = int(ignore_value)
+        self.input_format = input_format
+        self.train_vocabulary = tuple(train_vocabulary) if train_vocabulary else None
+        self.test_vocabulary = tuple(test_vocabulary) if test_vocabulary else None
+        self.vocabulary_error = vocabulary_error
+        self.sliding_window = bool(sliding_window)
+        self.sliding_overlap = float(sliding_overlap)
+
+    @classmethod
+    def from_config(cls, cfg):
+        e = cfg.MODEL.ESCNET
+        vocabularies, errors = {}, []
+        from ..data.build import default_vocabulary
+
+        for is_train in (True, False):
+            try:
+                vocabularies[is_train] = default_vocabulary(cfg, is_train)
+            except EscnetError as err:  # resolved lazily: inputs may carry their own vocabulary
+                vocabularies[is_train] = None
+                errors.append(str(err))
+        return {
+            "clip_encoder": CLIPEncoder(cfg),
+            "num_blocks": e.NUM_BLOCKS,
+            "hidden_dim": e.HIDDEN_DIM,
+            "prompt_types": list(e.PROMPT_TYPES),
+            "num_regions": e.NUM_REGIONS,
+            "ppg_threshold": e.PPG_THRESHOLD,
+            "ppg_temperature": e.PPG_TEMPERATURE,
+            "ppg_kmeans_iters": e.PPG_KMEANS_ITERS,
+            "sam_init": e.SAM_INIT,
+            "sam_checkpoint": e.SAM_CHECKPOINT,
+            "sam_layer_map": list(e.SAM_LAYER_MAP),
+            "sam_dim": e.SAM_DIM,
+            "sam_num_heads": e.SAM_NUM_HEADS,
+            "sam_mlp_dim": e.SAM_MLP_DIM,
+            "sam_mask_in_chans": e.SAM_MASK_IN_CHANS,
+            "sam_attention_downsample": e.SAM_ATTENTION_DOWNSAMPLE,
+            "window_size": e.WINDOW_SIZE,
+            "swin_num_heads": e.SWIN_NUM_HEADS,
+            "class_attention_heads": e.CLASS_ATTENTION_HEADS,
+            "decoder_dims": list(e.DECODER_DIMS),
+            "decoder_skip_dims": list(e.DECODER_SKIP_DIMS),
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "input_format": cfg.INPUT.FORMAT,
+            "train_vocabulary": vocabularies[True],
+            "test_vocabulary": vocabularies[False],
+            "vocabulary_error": "; ".join(errors),
+            "sliding_window": cfg.TEST.SLIDING_WINDOW,
+            "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
+        }
+
+    # ------------------------------------------------------------------ parameters
+    def sam_checkpoint_targets(self):
+        """``[(SAM checkpoint prefix, module)]`` for :func:`load_sam_checkpoint`."""
+        targets = [("prompt_encoder.", self.prompt_encoder)]
+        for block, layer in zip(self.blocks, self.sam_layer_map):
+            targets.append((f"{SAM_LAYER_PREFIX}{layer}.", block.sam.block))
+        return targets
+
+    def lr_group(self, param_name: str) -> str:
+        """Optimizer group of a parameter: ``"clip"``, ``"sam"`` (pretrained SAM parts) or ``"default"``."""
+        if param_name.startswith("clip_encoder."):
+            return "clip"
+        if param_name.startswith("prompt_encoder.") or ".sam.block." in param_name:
+            return "sam"
+        return "default"
+
+    @property
+    def device(self):
+        return self.correlation_embed.weight.device
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs):
+        """Model contract of docs/architecture.md (training: losses; inference: probabilities)."""
+        vocabulary = self._vocabulary(batched_inputs)
+        text = self.clip_encoder.encode_text(vocabulary)  # Nc x C
+        if self.training:
+            images = torch.stack([self._resize(self._normalise(x["image"]), self.input_size) for x in batched_inputs])
+            logits = self.predict_logits(images, text)
+            return {"loss_sem_seg": self._loss(logits, [x["sem_seg"] for x in batched_inputs], len(vocabulary))}
+        if self.sliding_window:
+            return [{"sem_seg": self._infer_sliding(x, text)} for x in batched_inputs]
+        return self._infer_global(batched_inputs, text)
+
+    def predict_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x S x S`` normalised images, ``Nc x C`` text features -> ``B x Nc x S x S`` logits."""
+        dense, intermediates = self.clip_encoder.encode_image_dense(images)
+        text = text.to(dense.dtype)
+        correlation = torch.einsum("bchw,nc->bnhw", F.normalize(dense, dim=1), F.normalize(text, dim=-1))
+        b, nc, h, w = correlation.shape
+        class_features = self.correlation_embed(correlation.reshape(b * nc, 1, h, w)).view(b, nc, -1, h, w)
+        image_features, class_maps = dense, correlation
+        for block in self.blocks:
+            image_features, class_features, class_maps = block(
+                image_features, text, class_features, class_maps, self.prompt_encoder
+            )
+        logits = self.decoder(class_features, intermediates)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ helpers
+    def _vocabulary(self, batched_inputs):
+        given = [x.get("vocabulary") for x in batched_inputs]
+        if any(v is not None for v in given):
+            if any(v is None for v in given) or len({tuple(v) for v in given}) > 1:
+                raise EscnetError("all inputs of a batch must share one vocabulary")
+            return validate_vocabulary(given[0])
+        default = self.train_vocabulary if self.training else self.test_vocabulary
+        if default is None:
+            raise EscnetError(f"the input has no vocabulary and the config gives none: {self.vocabulary_error}")
+        return default
+
+    def _normalise(self, image):
+        """``3 x H x W`` uint8 (INPUT.FORMAT) -> float RGB normalised with CLIP's mean/std."""
+        image = image.to(self.device, non_blocking=True).float()
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return (image - self.clip_encoder.pixel_mean) / self.clip_encoder.pixel_std
+
+    @staticmethod
+    def _resize(image, size):
+        """``3 x H x W`` -> ``3 x size``, bilinear (no-op when already that size)."""
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        return F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+
+    def _loss(self, logits, targets, num_classes):
+        """Per-pixel cross-entropy over the vocabulary at each target's resolution, mean over valid pixels."""
+        total = logits.new_zeros(())
+        valid = 0
+        for logit, target in zip(logits, targets):
+            target = target.to(logit.device)
+            labelled = target != self.ignore_value
+            if labelled.any() and int(target[labelled].max()) >= num_classes:
+                raise EscnetError(
+                    f"label {int(target[labelled].max())} in sem_seg is outside the vocabulary of "
+                    f"{num_classes} classes (ignore value {self.ignore_value})"
+                )
+            if tuple(logit.shape[-2:]) != tuple(target.shape):
+                logit = F.interpolate(logit[None], size=target.shape, mode="bilinear", align_corners=False)[0]
+            total = total + F.cross_entropy(
+                logit[None], target[None], ignore_index=self.ignore_value, reduction="sum"
+            )
+            valid += int(labelled.sum())
+        return total / max(valid, 1)
+
+    def _output_size(self, x):
+        return int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1]))
+
+    def _infer_global(self, batched_inputs, text):
+        """Global view only: every image resized to ``S x S``, the batch run at once."""
+        images = torch.stack([self._resize(self._normalise(x["image"]), self.input_size) for x in batched_inputs])
+        logits = self.predict_logits(images, text)
+        results = []
+        for logit, x in zip(logits, batched_inputs):
+            logit = F.interpolate(logit[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
+            results.append({"sem_seg": logit.softmax(dim=0)})
+        return results
+
+    def _infer_sliding(self, x, text):
+        """Sliding windows of ``S x S`` (overlap ``TEST.SLIDING_OVERLAP``) plus the global view.
+
+        The image is first scaled so that its shorter side is at least ``S``; window logits are
+        averaged where windows overlap, then averaged with the global view's logits; softmax.
+        """
+        image = self._normalise(x["image"])
+        height, width = image.shape[-2:]
+        scale = max(1.0, max(s / l for s, l in zip(self.input_size, (height, width))))
+        size = (math.ceil(height * scale), math.ceil(width * scale))
+        scaled = self._resize(image, size)
+        offsets = [self._window_offsets(length, win) for length, win in zip(size, self.input_size)]
+        crops, boxes = [], []
+        for top in offsets[0]:
+            for left in offsets[1]:
+                bottom, right = top + self.input_size[0], left + self.input_size[1]
+                crops.append(scaled[:, top:bottom, left:right])
+                boxes.append((top, bottom, left, right))
+        batch = torch.stack(crops + [self._resize(image, self.input_size)])
+        logits = self.predict_logits(batch, text)
+        summed = logits.new_zeros(logits.shape[1], *size)
+        counts = logits.new_zeros(1, *size)
+        for logit, (top, bottom, left, right) in zip(logits[:-1], boxes):
+            summed[:, top:bottom, left:right] += logit
+            counts[:, top:bottom, left:right] += 1
+        windows = summed / counts
+        global_view = F.interpolate(logits[-1:], size=size, mode="bilinear", align_corners=False)[0]
+        combined = (windows + global_view) / 2
+        combined = F.interpolate(combined[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
+        return combined.softmax(dim=0)
+
+    def _window_offsets(self, length, window):
+        """Start offsets of windows covering ``length``; the last window ends at ``length``."""
+        if length <= window:
+            return [0]
+        stride = max(1, int(window * (1.0 - self.sliding_overlap)))
+        count = math.ceil((length - window) / stride) + 1
+        return [min(i * stride, length - window) for i in range(count)]

@@ -1,0 +1,66 @@
+"""Shared test fixtures: an isolated dataset root, the repo paths, and one tiny trained model."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "configs", "tiny.yaml")
+# Iterations of the shared tiny training run (learning test, eval-only, demo on trained weights).
+TINY_TRAIN_ITERS = 300
+
+
+def pytest_configure(config):
+    # Registration reads $DETECTRON2_DATASETS when escnet is imported: point it at a private
+    # folder before any test module imports escnet, so tests never write into the repo.
+    root = tempfile.mkdtemp(prefix="escnet-test-datasets-")
+    config._escnet_datasets = root
+    os.environ["DETECTRON2_DATASETS"] = root
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_escnet_datasets", ""), ignore_errors=True)
+
+
+def run_cli(args, timeout=600, cwd=REPO, env=None):
+    """Run ``python <args>`` in the repo; return the CompletedProcess (text output)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_metrics(output_dir):
+    """The per-iteration records Detectron2's JSONWriter wrote to ``metrics.json``."""
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """Train configs/tiny.yaml once (in-process) and evaluate it on the synthetic val split.
+
+    Returns a namespace with ``output_dir``, ``weights`` (model_final.pth), ``results``
+    (the evaluator's dict) and ``losses`` (total loss per logged iteration).
+    """
+    from escnet.engine import Trainer, load_config
+
+    output_dir = str(tmp_path_factory.mktemp("tiny_train"))
+    cfg = load_config(TINY_CONFIG, ["OUTPUT_DIR", output_dir, "SOLVER.MAX_ITER", str(TINY_TRAIN_ITERS)])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    records = read_metrics(output_dir)
+    losses = [(r["iteration"], r["total_loss"]) for r in records if "total_loss" in r]
+    return types.SimpleNamespace(
+        cfg=cfg,
+        output_dir=output_dir,
+        weights=os.path.join(output_dir, "model_final.pth"),
+        results=results,
+        losses=losses,
+    )
