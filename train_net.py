@@ -5,13 +5,18 @@
     python train_net.py --config-file configs/vitl.yaml --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file configs/tiny.yaml --resume      # continue a killed run
 """
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+import warnings
 
-import escnet  # noqa: F401  (registers datasets, models, evaluators)
-from escnet.engine import AtomicCheckpointer, Trainer, load_config
-from escnet.utils.errors import EscnetError, cli_entry
+# fvcore (imported by Detectron2) calls the deprecated torch.jit.script at import.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import escnet  # noqa: F401,E402  (registers datasets, models, evaluators)
+from escnet.engine import AtomicCheckpointer, Trainer, load_config  # noqa: E402
+from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 
 
 def setup(args):

@@ -46,7 +46,7 @@ def tiny_trained(tmp_path_factory):
     """Train configs/tiny.yaml once (in-process) and evaluate it on the synthetic val split.
 
     Returns a namespace with ``output_dir``, ``weights`` (model_final.pth), ``results``
-    (the evaluator's dict) and ``losses`` (total loss per logged iteration).
+    (``{"sem_seg": metrics}`` as the evaluator wrote them) and ``losses`` (total loss per logged iteration).
     """
     from escnet.engine import Trainer, load_config
 
@@ -54,7 +54,10 @@ def tiny_trained(tmp_path_factory):
     cfg = load_config(TINY_CONFIG, ["OUTPUT_DIR", output_dir, "SOLVER.MAX_ITER", str(TINY_TRAIN_ITERS)])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    trainer.train()
+    # The EvalHook evaluates after the last iteration and the evaluator writes its metrics.
+    with open(os.path.join(output_dir, "inference", "synthetic_shapes_val", "sem_seg_metrics.json")) as f:
+        results = {"sem_seg": json.load(f)}
     records = read_metrics(output_dir)
     losses = [(r["iteration"], r["total_loss"]) for r in records if "total_loss" in r]
     return types.SimpleNamespace(

@@ -205,3 +205,33 @@ def test_tiny_model_overfits_two_images():
         prediction = model([{"image": inputs[0]["image"], "vocabulary": VOCAB}])[0]["sem_seg"].argmax(0)
     accuracy = float((prediction == inputs[0]["sem_seg"]).float().mean())
     assert accuracy > 0.8, accuracy
+
+
+def test_mixed_precision_trains_and_predicts_float32_probabilities():
+    model = _build().train()
+    inputs = [{"image": image, "sem_seg": label, "vocabulary": VOCAB} for image, label in map(_scene, range(2))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(inputs)["loss_sem_seg"]
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model([{"image": inputs[0]["image"], "vocabulary": VOCAB}])[0]["sem_seg"]
+    assert output.dtype == torch.float32
+    assert torch.allclose(output.sum(0), torch.ones(1), atol=1e-4)
+
+
+def test_count_params_flops_tool_matches_the_model():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("count_params_flops", os.path.join(REPO, "tools", "count_params_flops.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = tool.count(_tiny_cfg(), num_classes=3)
+    model = _build()
+    assert result["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert result["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    gflops = result["gflops"]
+    assert gflops["total"] > 0 and gflops["ESC blocks (SAM blocks + VLF)"] > 0 and gflops["decoder"] > 0
+    parts = sum(v for k, v in gflops.items() if k != "total")
+    assert parts == pytest.approx(gflops["total"], rel=1e-6)

@@ -14,8 +14,8 @@ import torch
 from conftest import REPO, TINY_CONFIG, TINY_TRAIN_ITERS, read_metrics, run_cli
 
 NUM_SYNTHETIC_CLASSES = 6
-# Measured: the tiny model reaches ~XX mIoU after 300 iterations; chance is ~100/6 / 2.
-MIN_TINY_MIOU = 50.0
+# Measured on 2 CPU cores: 92.1 mIoU after 300 iterations (~50 s); an untrained model scores ~5-17.
+MIN_TINY_MIOU = 75.0
 
 
 def load_train_net():
@@ -102,14 +102,12 @@ def test_two_process_gloo_training_and_distributed_evaluation(tmp_path):
     proc = run_cli(["train_net.py", "--config-file", TINY_CONFIG, "--eval-only",
                     "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(single)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Both evaluations count every valid pixel exactly once; scores may differ in the last bits
-    # (thread count changes float reductions), so a near-tie pixel can flip.
+    # Both ranks hold rank 0's parameters and buffers, and each image is counted exactly once.
     conf_ddp = np.load(out / "inference" / "synthetic_shapes_val" / "confusion_matrix.npy")
     conf_single = np.load(single / "inference" / "synthetic_shapes_val" / "confusion_matrix.npy")
-    assert conf_ddp.sum(axis=1).tolist() == conf_single.sum(axis=1).tolist()
-    assert np.abs(conf_ddp - conf_single).sum() <= 0.001 * conf_single.sum()
+    assert conf_ddp.tolist() == conf_single.tolist()
     single_miou = json.load(open(single / "inference" / "summary.json"))["synthetic_shapes_val"]["mIoU"]
-    assert single_miou == pytest.approx(distributed, abs=0.5)
+    assert single_miou == pytest.approx(distributed)
 
 
 def test_amp_on_cpu_warns_and_trains_in_fp32(tmp_path, caplog):
@@ -167,3 +165,10 @@ def test_empty_class_list_is_one_line_error(train_net, capsys, tmp_path):
 def test_unknown_config_key_is_one_line_error(train_net, capsys, tmp_path):
     line = _run_main(train_net, ["--config-file", TINY_CONFIG, "MODEL.ESCNET.NO_SUCH_KEY", "1"], capsys)
     assert line.startswith("error: bad config") and "NO_SUCH_KEY" in line
+
+
+def test_malformed_config_file_is_one_line_error(train_net, capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  ESCNET: [unclosed\n")
+    line = _run_main(train_net, ["--config-file", str(bad)], capsys)
+    assert line.startswith(f"error: bad config ({bad}):")

@@ -38,12 +38,16 @@ def resolve_amp(cfg):
 
 
 def wrap_distributed(model):
-    """DDP over processes when the world has >1 of them; CPU modules get no ``device_ids``."""
+    """DDP over processes when the world has >1 of them; CPU modules get no ``device_ids``.
+
+    Buffers are broadcast from rank 0: ranks seed differently (Detectron2 seeds ``SEED + rank``),
+    so randomly initialised buffers (SAM's Fourier positional encoding) would otherwise differ.
+    """
     if comm.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).device.type == "cuda"
     device_ids = [comm.get_local_rank()] if on_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False)
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True, find_unused_parameters=False)
 
 
 class Trainer(DefaultTrainer):

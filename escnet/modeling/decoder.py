@@ -2,7 +2,8 @@
 
 Each of the K stages upsamples the class features 2x (bilinear), concatenates a skip from a
 CLIP intermediate feature map (projected by a 1x1 conv and upsampled bilinearly to the stage's
-resolution; shared by all classes), and applies a 3x3 conv + GroupNorm + GELU. A 3x3 conv
+resolution; shared by all classes), and applies a 3x3 conv + GroupNorm + GELU (the conv's skip
+part is computed once per image). A 3x3 conv
 gives one logit per class and pixel. The deepest intermediate feeds the first (coarsest) stage.
 """
 from typing import List, Sequence
@@ -26,34 +27,34 @@ class UpsamplingDecoder(nn.Module):
         if len(decoder_dims) != len(skip_dims):
             raise ValueError("decoder: DECODER_DIMS and DECODER_SKIP_DIMS must have the same length")
         self.skip_projs = nn.ModuleList(nn.Conv2d(skip_in_dim, s, kernel_size=1) for s in skip_dims)
-        stages = []
+        # the 3x3 conv on [class features, skip] is split in two: the skip part runs once per
+        # image and is broadcast over classes (same function as a conv on the concatenation)
+        self.class_convs = nn.ModuleList()
+        self.skip_convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
         previous = in_dim
         for out_dim, skip_dim in zip(decoder_dims, skip_dims):
-            stages.append(
-                nn.Sequential(
-                    nn.Conv2d(previous + skip_dim, out_dim, kernel_size=3, padding=1),
-                    _group_norm(out_dim),
-                    nn.GELU(),
-                )
-            )
+            self.class_convs.append(nn.Conv2d(previous, out_dim, kernel_size=3, padding=1))
+            self.skip_convs.append(nn.Conv2d(skip_dim, out_dim, kernel_size=3, padding=1, bias=False))
+            self.norms.append(nn.Sequential(_group_norm(out_dim), nn.GELU()))
             previous = out_dim
-        self.stages = nn.ModuleList(stages)
         self.head = nn.Conv2d(previous, 1, kernel_size=3, padding=1)
 
     @property
     def num_stages(self):
-        return len(self.stages)
+        return len(self.class_convs)
 
     def forward(self, class_features: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
         """``skips``: at least ``num_stages`` maps; the last ``num_stages`` are used, deepest first."""
         b, nc, dim, h, w = class_features.shape
         x = class_features.reshape(b * nc, dim, h, w)
         used = list(reversed(skips[len(skips) - self.num_stages:]))
-        for skip, proj, stage in zip(used, self.skip_projs, self.stages):
+        for skip, proj, class_conv, skip_conv, norm in zip(
+            used, self.skip_projs, self.class_convs, self.skip_convs, self.norms
+        ):
             size = (x.shape[-2] * 2, x.shape[-1] * 2)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            guide = F.interpolate(proj(skip), size=size, mode="bilinear", align_corners=False)
-            guide = guide.unsqueeze(1).expand(b, nc, *guide.shape[1:]).reshape(b * nc, -1, *size)
-            x = stage(torch.cat([x, guide], dim=1))
+            x = class_conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+            guide = skip_conv(F.interpolate(proj(skip), size=size, mode="bilinear", align_corners=False))
+            x = norm((x.view(b, nc, *x.shape[1:]) + guide.unsqueeze(1)).flatten(0, 1))
         logits = self.head(x)
         return logits.view(b, nc, logits.shape[-2], logits.shape[-1])

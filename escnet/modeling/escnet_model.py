@@ -22,6 +22,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ..data.build import default_vocabulary
 from ..utils.errors import EscnetError
 from ..vocabulary import validate_vocabulary
 from .clip_encoder import CLIPEncoder
@@ -152,7 +153,6 @@ class ESCNet(nn.Module):
         if self.prompt_encoder is not None:
             self.prompt_encoder.freeze_unused(prompt_types)
 
-        self.prompt_types = prompt_types
         self.ignore_value = int(ignore_value)
         self.input_format = input_format
         self.train_vocabulary = tuple(train_vocabulary) if train_vocabulary else None
@@ -165,8 +165,6 @@ class ESCNet(nn.Module):
     def from_config(cls, cfg):
         e = cfg.MODEL.ESCNET
         vocabularies, errors = {}, []
-        from ..data.build import default_vocabulary
-
         for is_train in (True, False):
             try:
                 vocabularies[is_train] = default_vocabulary(cfg, is_train)
@@ -308,7 +306,7 @@ class ESCNet(nn.Module):
         results = []
         for logit, x in zip(logits, batched_inputs):
             logit = F.interpolate(logit[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
-            results.append({"sem_seg": logit.softmax(dim=0)})
+            results.append({"sem_seg": logit.float().softmax(dim=0)})
         return results
 
     def _infer_sliding(self, x, text):
@@ -331,6 +329,7 @@ class ESCNet(nn.Module):
                 boxes.append((top, bottom, left, right))
         batch = torch.stack(crops + [self._resize(image, self.input_size)])
         logits = self.predict_logits(batch, text)
+        logits = logits.float()
         summed = logits.new_zeros(logits.shape[1], *size)
         counts = logits.new_zeros(1, *size)
         for logit, (top, bottom, left, right) in zip(logits[:-1], boxes):
@@ -340,7 +339,7 @@ class ESCNet(nn.Module):
         global_view = F.interpolate(logits[-1:], size=size, mode="bilinear", align_corners=False)[0]
         combined = (windows + global_view) / 2
         combined = F.interpolate(combined[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
-        return combined.softmax(dim=0)
+        return combined.float().softmax(dim=0)
 
     def _window_offsets(self, length, window):
         """Start offsets of windows covering ``length``; the last window ends at ``length``."""

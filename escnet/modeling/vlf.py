@@ -38,14 +38,17 @@ class LinearClassAttention(nn.Module):
     def forward(self, x, text):
         p, nc, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
-        q = F.elu(self.q_proj(x).view(p, nc, heads, head_dim)) + 1  # P x Nc x H x d
-        k = F.elu(self.k_proj(text).view(nc, heads, head_dim)) + 1  # Nc x H x d
+        q = self.q_proj(x).view(p, nc, heads, head_dim)
+        k = self.k_proj(text).view(nc, heads, head_dim)
         v = self.v_proj(text).view(nc, heads, head_dim)
-        kv = torch.einsum("mhd,mhe->hde", k, v)  # H x d x d (sum over classes)
-        k_sum = k.sum(dim=0)  # H x d
-        numerator = torch.einsum("pnhd,hde->pnhe", q, kv)
-        denominator = torch.einsum("pnhd,hd->pnh", q, k_sum).unsqueeze(-1) + self.eps
-        return self.out_proj((numerator / denominator).reshape(p, nc, dim))
+        # sums over classes grow with the vocabulary size: float32 even under AMP
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = F.elu(q.float()) + 1  # P x Nc x H x d
+            k = F.elu(k.float()) + 1  # Nc x H x d
+            kv = torch.einsum("mhd,mhe->hde", k, v.float())  # H x d x d (sum over classes)
+            numerator = torch.einsum("pnhd,hde->pnhe", q, kv)
+            denominator = torch.einsum("pnhd,hd->pnh", q, k.sum(dim=0)).unsqueeze(-1) + self.eps
+        return self.out_proj((numerator / denominator).reshape(p, nc, dim).to(x.dtype))
 
 
 class VisionLanguageFusion(nn.Module):
@@ -62,10 +65,13 @@ class VisionLanguageFusion(nn.Module):
         predicts_map: bool = True,
         mlp_ratio: float = 4.0,
     ):
-        """``predicts_map``: False for the last ESC block (no PPG follows; it returns no map)."""
+        """``predicts_map``: False when no PPG follows (last block, or no SAM step): no map head."""
         super().__init__()
         grid_size = tuple(int(s) for s in grid_size)
-        self.guidance_fuse = nn.Linear(2 * dim, dim)
+        # a linear layer on [class features, F_v'], split in two so that F_v' is projected once
+        # per image instead of once per class (same function as the concatenation)
+        self.class_fuse = nn.Linear(dim, dim)
+        self.guidance_fuse = nn.Linear(dim, dim, bias=False)
         self.spatial_blocks = nn.ModuleList(
             SwinTransformerBlock(
                 dim=dim,
@@ -101,8 +107,8 @@ class VisionLanguageFusion(nn.Module):
         """
         b, nc, dim, h, w = class_features.shape
         x = class_features.permute(0, 1, 3, 4, 2).reshape(b * nc, h, w, dim)
-        guidance = image_features.permute(0, 2, 3, 1).unsqueeze(1).expand(b, nc, h, w, dim).reshape(b * nc, h, w, dim)
-        x = x + self.guidance_fuse(torch.cat([x, guidance], dim=-1))
+        guidance = self.guidance_fuse(image_features.permute(0, 2, 3, 1))  # B x h x w x E
+        x = x + (self.class_fuse(x).view(b, nc, h, w, dim) + guidance.unsqueeze(1)).view(b * nc, h, w, dim)
         for block in self.spatial_blocks:
             x = block(x)  # (B*Nc) x h x w x E
         x = x.view(b, nc, h * w, dim).transpose(1, 2).reshape(b * h * w, nc, dim)  # pixels x classes
