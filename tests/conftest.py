@@ -41,6 +41,43 @@ def read_metrics(output_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def tiny_cfg(**escnet_overrides):
+    """A mutable tiny-config CfgNode on the CPU, with ``MODEL.ESCNET`` keys overridden."""
+    from detectron2.config import get_cfg
+
+    from escnet import add_escnet_config
+
+    cfg = get_cfg()
+    add_escnet_config(cfg)
+    cfg.merge_from_file(TINY_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    for key, value in escnet_overrides.items():
+        setattr(cfg.MODEL.ESCNET, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A checkpoint of a randomly initialised tiny ESC-Net (consistency tests need no training)."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    folder = tmp_path_factory.mktemp("tiny_checkpoint")
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    DetectionCheckpointer(model, save_dir=str(folder)).save("tiny_random")
+    return str(folder / "tiny_random.pth")
+
+
+@pytest.fixture(scope="session")
+def segmenter(checkpoint):
+    """A ``Segmenter`` over the random tiny checkpoint."""
+    from escnet import Segmenter
+
+    return Segmenter("tiny", weights=checkpoint, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory):
     """Train configs/tiny.yaml once (in-process) and evaluate it on the synthetic val split.

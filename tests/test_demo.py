@@ -13,14 +13,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
 from escnet.data.label_io import read_label_map
-from escnet.segmenter import Segmenter, build_segmenter_config
 from escnet.visualization import class_color
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,21 +33,6 @@ def _load_demo():
 
 
 demo = _load_demo()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A checkpoint of a randomly initialised tiny ESC-Net (consistency tests need no training)."""
-    folder = tmp_path_factory.mktemp("tiny_checkpoint")
-    torch.manual_seed(0)
-    model = build_model(build_segmenter_config(CONFIG, device="cpu"))
-    DetectionCheckpointer(model, save_dir=str(folder)).save("tiny_random")
-    return str(folder / "tiny_random.pth")
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint):
-    return Segmenter(CONFIG, weights=checkpoint, device="cpu")
 
 
 @pytest.fixture

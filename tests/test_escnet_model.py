@@ -4,30 +4,20 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from escnet import add_escnet_config
 from escnet.utils.errors import EscnetError
+
+from conftest import tiny_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ("grass", "red ball", "sky", "blue box")
 
 
-def _tiny_cfg(**escnet_overrides):
-    cfg = get_cfg()
-    add_escnet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "tiny.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    for key, value in escnet_overrides.items():
-        setattr(cfg.MODEL.ESCNET, key, value)
-    return cfg
-
-
 def _build(seed=0, **overrides):
     torch.manual_seed(seed)
-    return build_model(_tiny_cfg(**overrides))
+    return build_model(tiny_cfg(**overrides))
 
 
 def _scene(index, size=64):
@@ -227,7 +217,7 @@ def test_count_params_flops_tool_matches_the_model():
     spec = importlib.util.spec_from_file_location("count_params_flops", os.path.join(REPO, "tools", "count_params_flops.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    result = tool.count(_tiny_cfg(), num_classes=3)
+    result = tool.count(tiny_cfg(), num_classes=3)
     model = _build()
     assert result["params"]["total"] == sum(p.numel() for p in model.parameters())
     assert result["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -6,27 +6,17 @@ import torch
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayTransformer
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from escnet import add_escnet_config
 from escnet.modeling.prompt_generator import PseudoPromptGenerator
 from escnet.modeling.sam_blocks import SamClassBlock, SamPromptEncoder, load_sam_checkpoint
 from escnet.utils.errors import EscnetError
 
+from conftest import tiny_cfg
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the tiny config's SAM sizes and CLIP grid (64 / patch 8)
 SAM_DIM, HEADS, MLP_DIM, MASK_CHANS, GRID = 32, 2, 64, 8, (8, 8)
-
-
-def _tiny_cfg(**escnet_overrides):
-    cfg = get_cfg()
-    add_escnet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "tiny.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    for key, value in escnet_overrides.items():
-        setattr(cfg.MODEL.ESCNET, key, value)
-    return cfg
 
 
 def _write_sam_checkpoint(path, seed=0, drop_key=None, reshape_key=None):
@@ -48,7 +38,7 @@ def _write_sam_checkpoint(path, seed=0, drop_key=None, reshape_key=None):
 def test_loading_gives_the_checkpoint_tensors_bit_identical(tmp_path):
     path = str(tmp_path / "sam_tiny.pth")
     state = _write_sam_checkpoint(path)
-    model = build_model(_tiny_cfg(SAM_INIT="pretrained", SAM_CHECKPOINT=path, SAM_LAYER_MAP=[1, 0]))
+    model = build_model(tiny_cfg(SAM_INIT="pretrained", SAM_CHECKPOINT=path, SAM_LAYER_MAP=[1, 0]))
     for name, tensor in model.prompt_encoder.state_dict().items():
         assert torch.equal(tensor, state[f"prompt_encoder.{name}"]), name
     for block, layer in zip(model.blocks, (1, 0)):
@@ -65,7 +55,7 @@ def test_loading_gives_the_checkpoint_tensors_bit_identical(tmp_path):
     loss.backward()
     assert model.blocks[0].sam.block.cross_attn_image_to_token.v_proj.weight.grad is not None
 
-    random_model = build_model(_tiny_cfg(SAM_INIT="random", SAM_CHECKPOINT=path))
+    random_model = build_model(tiny_cfg(SAM_INIT="random", SAM_CHECKPOINT=path))
     weight = random_model.blocks[0].sam.block.mlp.lin1.weight
     assert not torch.equal(weight, state["mask_decoder.transformer.layers.0.mlp.lin1.weight"])
 
@@ -90,7 +80,7 @@ def test_bad_checkpoints_raise_one_line_errors(tmp_path, problem, message):
     else:
         (tmp_path / "sam.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(EscnetError, match=message) as info:
-        build_model(_tiny_cfg(SAM_INIT="pretrained", SAM_CHECKPOINT=path))
+        build_model(tiny_cfg(SAM_INIT="pretrained", SAM_CHECKPOINT=path))
     assert "\n" not in str(info.value)
 
 

@@ -7,31 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
 from escnet import Segmenter
-from escnet.segmenter import build_segmenter_config, read_image, resolve_config_file, to_rgb_array
+from escnet.segmenter import read_image, resolve_config_file, to_rgb_array
 from escnet.utils.errors import EscnetError
 from escnet.visualization import class_color, legend_entries, render_overlay
 
 CONFIG = "tiny"
 VOCABULARY = ("grass", "water", "red ball")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A checkpoint of a randomly initialised tiny ESC-Net (consistency tests need no training)."""
-    folder = tmp_path_factory.mktemp("tiny_checkpoint")
-    torch.manual_seed(0)
-    model = build_model(build_segmenter_config(CONFIG, device="cpu"))
-    DetectionCheckpointer(model, save_dir=str(folder)).save("tiny_random")
-    return str(folder / "tiny_random.pth")
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint):
-    return Segmenter(CONFIG, weights=checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import os
 import weakref
 from collections import OrderedDict
 
-import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.solver import build_lr_scheduler

@@ -3,13 +3,11 @@
 Raw:      ``ADEChallengeData2016/annotations/validation/*.png``
 Prepared: ``ADEChallengeData2016/annotations_detectron2/validation/*.png`` (uint8, ignore 255)
 """
-import functools
 import os
 
 import numpy as np
 
-from .common import LabelJob, PrepareSummary, list_files, lookup_table, prepare_cli
-from .common import remap_label_file, run_jobs
+from .common import lookup_table, prepare_cli, remap_png_splits
 
 ADE20K_150_SPLITS = ("training", "validation")
 NUM_CLASSES = 150
@@ -24,18 +22,7 @@ def ade20k_150_lookup_table():
 def prepare_ade20k_150(root, splits=("validation",), workers=None):
     """Write ``annotations_detectron2/<split>`` under ``root/ADEChallengeData2016``."""
     base = os.path.join(root, "ADEChallengeData2016")
-    worker = functools.partial(remap_label_file, luts=(ade20k_150_lookup_table(),))
-    written = skipped = 0
-    outputs = []
-    for split in splits:
-        raw_dir = os.path.join(base, "annotations", split)
-        out_dir = os.path.join(base, "annotations_detectron2", split)
-        names = list_files(raw_dir, ".png", f"ADE20K-150 {split} annotations")
-        jobs = [LabelJob(os.path.join(raw_dir, n), (os.path.join(out_dir, n),)) for n in names]
-        done, kept = run_jobs(jobs, worker, f"ADE20K-150 {split}", workers)
-        written, skipped = written + done, skipped + kept
-        outputs.append(out_dir)
-    return PrepareSummary(written, skipped, tuple(outputs))
+    return remap_png_splits(base, splits, ade20k_150_lookup_table(), "ADE20K-150", "annotations", workers)
 
 
 def _add_arguments(parser):

@@ -3,13 +3,11 @@
 Raw:      ``coco-stuff/annotations/{train2017,val2017}/*.png``
 Prepared: ``coco-stuff/annotations_detectron2/{train2017,val2017}/*.png`` (uint8, ignore 255)
 """
-import functools
 import os
 
 import numpy as np
 
-from .common import LabelJob, PrepareSummary, list_files, load_table, lookup_table, prepare_cli
-from .common import remap_label_file, run_jobs
+from .common import load_table, lookup_table, prepare_cli, remap_png_splits
 
 COCO_STUFF_SPLITS = ("train2017", "val2017")
 IGNORE_LABEL = 255
@@ -24,18 +22,7 @@ def coco_stuff_lookup_table():
 def prepare_coco_stuff(root, splits=COCO_STUFF_SPLITS, workers=None):
     """Write ``annotations_detectron2/<split>`` under ``root/coco-stuff`` for each split."""
     base = os.path.join(root, "coco-stuff")
-    worker = functools.partial(remap_label_file, luts=(coco_stuff_lookup_table(),))
-    written = skipped = 0
-    outputs = []
-    for split in splits:
-        raw_dir = os.path.join(base, "annotations", split)
-        out_dir = os.path.join(base, "annotations_detectron2", split)
-        names = list_files(raw_dir, ".png", f"COCO-Stuff {split} stuffthingmaps")
-        jobs = [LabelJob(os.path.join(raw_dir, n), (os.path.join(out_dir, n),)) for n in names]
-        done, kept = run_jobs(jobs, worker, f"COCO-Stuff {split}", workers)
-        written, skipped = written + done, skipped + kept
-        outputs.append(out_dir)
-    return PrepareSummary(written, skipped, tuple(outputs))
+    return remap_png_splits(base, splits, coco_stuff_lookup_table(), "COCO-Stuff", "stuffthingmaps", workers)
 
 
 def _add_arguments(parser):

@@ -6,6 +6,7 @@ re-run only does what is left. Every output is written atomically (``escnet.util
 so an interrupted run never leaves a half-written file that a re-run would skip.
 """
 import argparse
+import functools
 import json
 import logging
 import multiprocessing
@@ -138,6 +139,25 @@ def run_jobs(jobs, worker, desc, workers=None):
                 for _ in pool.imap_unordered(worker, todo, chunksize=POOL_CHUNK_SIZE):
                     bar.update()
     return len(todo), skipped
+
+
+def remap_png_splits(base, splits, lut, name, raw_what, workers=None):
+    """Remap ``base/annotations/<split>/*.png`` through ``lut`` into ``base/annotations_detectron2/<split>``.
+
+    ``name`` labels the progress bars (e.g. "COCO-Stuff"), ``raw_what`` the raw files in errors.
+    """
+    worker = functools.partial(remap_label_file, luts=(lut,))
+    written = skipped = 0
+    outputs = []
+    for split in splits:
+        raw_dir = os.path.join(base, "annotations", split)
+        out_dir = os.path.join(base, "annotations_detectron2", split)
+        names = list_files(raw_dir, ".png", f"{name} {split} {raw_what}")
+        jobs = [LabelJob(os.path.join(raw_dir, n), (os.path.join(out_dir, n),)) for n in names]
+        done, kept = run_jobs(jobs, worker, f"{name} {split}", workers)
+        written, skipped = written + done, skipped + kept
+        outputs.append(out_dir)
+    return PrepareSummary(written, skipped, tuple(outputs))
 
 
 def build_arg_parser(description):
