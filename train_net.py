@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import escnet  # noqa: F401,E402  (registers datasets, models, evaluators)
 from escnet.engine import AtomicCheckpointer, Trainer, load_config  # noqa: E402
+from escnet.utils.compat import report_compiled_ops  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 
 
@@ -23,6 +24,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts, freeze=False)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="escnet")
+    report_compiled_ops()
     cfg.freeze()
     return cfg
 

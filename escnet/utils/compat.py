@@ -12,7 +12,7 @@ def compiled_ops_available():
 
 
 def report_compiled_ops():
-    """Log once (called at ``import escnet``) whether detectron2's compiled ops are usable."""
+    """Log (once per run, from the command lines' setup) when detectron2's compiled ops are unusable."""
     if not compiled_ops_available():
         logging.getLogger("escnet").info(
             "detectron2's compiled ops (_C) are not available; escnet does not need them. "
