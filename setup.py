@@ -10,7 +10,7 @@ setup(
     description="Open-vocabulary semantic segmentation toolkit (ESC-Net) built on Detectron2",
     python_requires=">=3.9",
     packages=find_packages(include=["escnet", "escnet.*"]),
-    package_data={"escnet": ["data/vocab/*.json", "data/tables/*", "configs/*.yaml"]},
+    package_data={"escnet": ["data/vocab/*.json", "data/tables/*"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",

@@ -33,12 +33,16 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS and not args.resume:
-            raise EscnetError("--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model.pth")
         if not cfg.DATASETS.TEST:
             raise EscnetError("--eval-only needs DATASETS.TEST: name at least one dataset to evaluate")
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            raise EscnetError(
+                "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model.pth "
+                "(or --resume with a checkpoint in OUTPUT_DIR)"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .engine.checkpoint import AtomicCheckpointer
 from .engine.setup import load_config
 from .utils.errors import EscnetError
 from .vocabulary import validate_vocabulary
@@ -96,8 +96,8 @@ class SegmentationResult:
 def resolve_config_file(config):
     """Return the path of ``config``: an existing file, or a shipped config's name (``"tiny"``, ``"vitb"``).
 
-    Names are looked up as ``configs/<name>.yaml`` in the repository holding the package, then in
-    the package data (``escnet/configs``).
+    Names are looked up as ``configs/<name>.yaml`` in the repository holding the package
+    (escnet is installed editable from its repository).
     """
     config = os.fspath(config)
     if os.path.isfile(config):
@@ -116,10 +116,9 @@ def resolve_config_file(config):
 
 
 def _config_folders():
-    """Folders holding shipped configs: ``<repo>/configs`` and ``escnet/configs`` (package data)."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    folders = [os.path.join(os.path.dirname(package_dir), "configs"), os.path.join(package_dir, "configs")]
-    return [f for f in folders if os.path.isdir(f)]
+    """Folders holding shipped configs: the repository's ``configs/``."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    return [folder] if os.path.isdir(folder) else []
 
 
 def default_device():
@@ -278,8 +277,10 @@ class Segmenter:
         self.model.eval()
         if weights_path:
             try:
-                DetectionCheckpointer(self.model).load(weights_path)
-            except Exception as err:  # unpickling errors, wrong file type, shape mismatch
+                AtomicCheckpointer(self.model).load(weights_path)
+            except EscnetError as err:  # shape mismatch or missing tensors
+                raise EscnetError(f"cannot load checkpoint {weights_path!r}: {err}") from None
+            except Exception as err:  # unpickling errors, wrong file type
                 raise EscnetError(f"cannot load checkpoint {weights_path!r}: {str(err).splitlines()[0]}") from None
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT

@@ -43,8 +43,11 @@ def load_vocabulary_file(path):
     """Read a vocabulary from a JSON list or a text file with one entry (maybe synonyms) per line."""
     if not os.path.isfile(path):
         raise EscnetError(f"vocabulary file not found: {path!r}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise EscnetError(f"vocabulary file {path!r} is not UTF-8 text") from None
     if path.lower().endswith(".json"):
         try:
             names = json.loads(text)

@@ -225,3 +225,15 @@ def test_count_params_flops_tool_matches_the_model():
     assert gflops["total"] > 0 and gflops["ESC blocks (SAM blocks + VLF)"] > 0 and gflops["decoder"] > 0
     parts = sum(v for k, v in gflops.items() if k != "total")
     assert parts == pytest.approx(gflops["total"], rel=1e-6)
+
+
+def test_trained_weights_need_no_pretrained_downloads(monkeypatch, tmp_path):
+    """With MODEL.WEIGHTS set, CLIP/SAM pretrained files are not looked up (offline works)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tiny_cfg(CLIP_PRETRAINED="openai", SAM_INIT="pretrained",
+                   SAM_CHECKPOINT=str(tmp_path / "missing_sam.pth"))
+    with pytest.raises(EscnetError):
+        build_model(cfg)  # no trained weights: the pretrained files are required
+    cfg.MODEL.WEIGHTS = str(tmp_path / "trained.pth")
+    model = build_model(cfg)
+    assert model.clip_encoder.embed_dim == 32

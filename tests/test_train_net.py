@@ -176,3 +176,23 @@ def test_malformed_config_file_is_one_line_error(train_net, capsys, tmp_path):
     bad.write_text("MODEL:\n  ESCNET: [unclosed\n")
     line = _run_main(train_net, ["--config-file", str(bad)], capsys)
     assert line.startswith(f"error: bad config ({bad}):")
+
+
+def test_test_vocabulary_must_match_the_ground_truth_classes(train_net, capsys, tmp_path, checkpoint):
+    wrong = tmp_path / "three.json"
+    wrong.write_text('["grass", "water", "sand"]')
+    line = _run_main(train_net, ["--config-file", TINY_CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path),
+                                 "MODEL.WEIGHTS", checkpoint, "MODEL.ESCNET.TEST_CLASS_JSON", str(wrong)], capsys)
+    assert line.startswith("error: dataset 'synthetic_shapes_val': the test vocabulary has 3 classes but the ground truth has 6")
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_one_line_error(train_net, capsys, tmp_path, checkpoint):
+    line = _run_main(train_net, ["--config-file", TINY_CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path),
+                                 "MODEL.WEIGHTS", checkpoint, "MODEL.ESCNET.HIDDEN_DIM", "16"], capsys)
+    assert line.startswith("error: checkpoint does not fit the model built from the config:")
+    assert "differ in shape" in line
+
+
+def test_eval_only_resume_without_checkpoint_is_one_line_error(train_net, capsys, tmp_path):
+    line = _run_main(train_net, ["--config-file", TINY_CONFIG, "--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path)], capsys)
+    assert line.startswith("error: --eval-only needs trained weights")

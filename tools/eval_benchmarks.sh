@@ -25,5 +25,8 @@ BENCHMARKS="('ade20k_full_sem_seg_freq_val_all', 'context_459_test_sem_seg', 'ad
 'context_59_test_sem_seg', 'voc_2012_test_sem_seg', 'voc_2012_test_background_sem_seg')"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-exec "${PYTHON:-python}" "$REPO/train_net.py" --config-file "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --eval-only \
+# Default interpreter: the repository's .venv (tools/install.sh), else python on PATH.
+DEFAULT_PYTHON=python
+[ -x "$REPO/.venv/bin/python" ] && DEFAULT_PYTHON="$REPO/.venv/bin/python"
+exec "${PYTHON:-$DEFAULT_PYTHON}" "$REPO/train_net.py" --config-file "$CONFIG" --num-gpus "${NUM_GPUS:-1}" --eval-only \
   MODEL.WEIGHTS "$WEIGHTS" DATASETS.TEST "$BENCHMARKS" "$@"

@@ -71,14 +71,32 @@ class SemanticSegmentationMapper:
     def from_config(cls, cfg, is_train=True, dataset_name=None):
         if dataset_name is None:
             dataset_name = (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)[0]
-        meta = MetadataCatalog.get(dataset_name)
+        ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        vocabulary = dataset_vocabulary(cfg, dataset_name, is_train)
+        dataset_ignore_label = MetadataCatalog.get(dataset_name).get("ignore_label", ignore_value)
+        if is_train:
+            # One mapper serves the concatenation of all training sets: they must agree.
+            for other in cfg.DATASETS.TRAIN:
+                if (dataset_vocabulary(cfg, other, True), MetadataCatalog.get(other).get("ignore_label", ignore_value)) != (
+                    vocabulary,
+                    dataset_ignore_label,
+                ):
+                    raise EscnetError(
+                        f"training sets {dataset_name!r} and {other!r} differ in classes or ignore label; "
+                        "train on sets that share them"
+                    )
+            if len(vocabulary) > ignore_value:
+                raise EscnetError(
+                    f"{len(vocabulary)} training classes but MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}, "
+                    "a class id; raise IGNORE_VALUE above the number of classes"
+                )
         return {
             "is_train": is_train,
             "augmentations": build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg),
             "image_format": cfg.INPUT.FORMAT,
-            "vocabulary": dataset_vocabulary(cfg, dataset_name, is_train),
-            "dataset_ignore_label": meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE),
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "vocabulary": vocabulary,
+            "dataset_ignore_label": dataset_ignore_label,
+            "ignore_value": ignore_value,
         }
 
     def __call__(self, dataset_dict):

@@ -9,10 +9,9 @@ import dataclasses
 import os
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from ..utils.io import atomic_path
+from ..utils.io import save_image_atomic
 from .label_io import write_label_map
 
 # Class names: three background textures, then three foreground objects.
@@ -129,6 +128,5 @@ def generate_split(root, split, spec=None):
     os.makedirs(label_dir, exist_ok=True)
     for i, name in tqdm(todo, desc=f"generating synthetic {split}", unit="img"):
         image, labels = render_example(spec, i)
-        with atomic_path(os.path.join(image_dir, name)) as tmp:
-            Image.fromarray(image).save(tmp)
+        save_image_atomic(os.path.join(image_dir, name), image)
         write_label_map(os.path.join(label_dir, name), labels)

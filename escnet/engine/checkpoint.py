@@ -33,6 +33,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
             with open(tmp, "w") as f:
                 f.write(last_filename_basename)
 
+    def _load_model(self, checkpoint):
+        """Load like Detectron2, but refuse a checkpoint that leaves tensors missing or misshapen."""
+        incompatible = super()._load_model(checkpoint)
+        problems = []
+        if incompatible.incorrect_shapes:
+            key, ckpt_shape, model_shape = incompatible.incorrect_shapes[0]
+            problems.append(
+                f"{len(incompatible.incorrect_shapes)} tensors differ in shape (e.g. {key}: "
+                f"checkpoint {tuple(ckpt_shape)}, model {tuple(model_shape)})"
+            )
+        if incompatible.missing_keys:
+            problems.append(f"{len(incompatible.missing_keys)} tensors are missing (e.g. {incompatible.missing_keys[0]})")
+        if problems:
+            raise EscnetError(f"checkpoint does not fit the model built from the config: {'; '.join(problems)}")
+        return incompatible
+
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
             raise EscnetError(f"checkpoint not found: {path!r} (check MODEL.WEIGHTS)")

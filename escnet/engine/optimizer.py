@@ -20,13 +20,13 @@ def lr_multiplier_function(cfg, model):
     return lambda name: multipliers.get(lr_group(name), 1.0)
 
 
-def _with_full_model_clipping(optimizer_class, clip_value):
+def _with_full_model_clipping(optimizer_class, clip_value, norm_type):
     """Subclass ``optimizer_class`` so each ``step`` first clips the global gradient norm."""
 
     class FullModelGradientClippingOptimizer(optimizer_class):
         def step(self, closure=None):
             params = itertools.chain(*[group["params"] for group in self.param_groups])
-            torch.nn.utils.clip_grad_norm_(params, clip_value)
+            torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type=norm_type)
             return super().step(closure=closure)
 
     return FullModelGradientClippingOptimizer
@@ -54,7 +54,7 @@ def build_optimizer(cfg, model):
         raise EscnetError(f"unknown SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r}; use ADAMW or SGD")
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        optimizer_class = _with_full_model_clipping(optimizer_class, clip.CLIP_VALUE)
+        optimizer_class = _with_full_model_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
     else:
         optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
     return optimizer_class(params, cfg.SOLVER.BASE_LR, **kwargs)

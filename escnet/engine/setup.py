@@ -25,7 +25,7 @@ def load_config(config_file, opts=(), freeze=True):
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as err:
+    except (KeyError, ValueError, AssertionError, AttributeError, TypeError, yaml.YAMLError) as err:
         message = str(err).strip().strip("'\"").splitlines()[0]
         raise EscnetError(f"bad config ({config_file}): {message}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.build import check_dataset_registered
+from ..data.build import check_dataset_registered, dataset_vocabulary
 from ..data.dataset_mapper import SemanticSegmentationMapper
 from ..evaluation import build_evaluator
 from ..utils.errors import EscnetError
@@ -111,7 +111,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_evaluator(dataset_name, output_folder, distributed=comm.get_world_size() > 1)
+        evaluator = build_evaluator(dataset_name, output_folder, distributed=comm.get_world_size() > 1)
+        evaluator.check_vocabulary_size(len(dataset_vocabulary(cfg, dataset_name, is_train=False)))
+        return evaluator
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

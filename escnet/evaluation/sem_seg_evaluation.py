@@ -17,6 +17,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..data.label_io import read_label_map
+from ..utils.errors import EscnetError
 from ..utils.io import atomic_path, write_json_atomic
 
 
@@ -24,6 +25,8 @@ def confusion_matrix(gt, pred, num_classes, ignore_label):
     """``K x K`` int64 counts ``[gt, pred]`` over pixels whose gt is neither ``ignore_label`` nor >= K."""
     gt = np.asarray(gt, dtype=np.int64).ravel()
     pred = np.asarray(pred, dtype=np.int64).ravel()
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predicted labels must lie in 0..{num_classes - 1}, got {pred.min()}..{pred.max()}")
     valid = (gt != ignore_label) & (gt >= 0) & (gt < num_classes)
     index = gt[valid] * num_classes + pred[valid]
     return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -81,6 +84,14 @@ class SemSegEvaluator(DatasetEvaluator):
     def _class_names(self, meta):
         return display_names(meta.stuff_classes)
 
+    def check_vocabulary_size(self, size):
+        """Raise ``EscnetError`` unless a vocabulary of ``size`` entries fits the ground truth's classes."""
+        if size != self.num_classes:
+            raise EscnetError(
+                f"dataset {self.dataset_name!r}: the test vocabulary has {size} classes but the ground truth "
+                f"has {self.num_classes}; a TEST_CLASS_JSON must list the dataset's classes in its order"
+            )
+
     def map_prediction(self, pred):
         """Map predicted vocabulary indices to evaluation classes (identity here)."""
         return pred
@@ -93,8 +104,8 @@ class SemSegEvaluator(DatasetEvaluator):
             pred = out["sem_seg"].argmax(dim=0).to(torch.int64).cpu().numpy()
             gt = read_label_map(inp["sem_seg_file_name"])
             if gt.shape != pred.shape:
-                raise ValueError(
-                    f"prediction {pred.shape} and label {gt.shape} differ for {inp['sem_seg_file_name']}"
+                raise EscnetError(
+                    f"prediction {pred.shape} and label {gt.shape} differ in size for {inp['sem_seg_file_name']}"
                 )
             self._conf += confusion_matrix(gt, self.map_prediction(pred), self.num_classes, self.ignore_label)
 
@@ -142,6 +153,13 @@ class SemSegBackgroundEvaluator(SemSegEvaluator):
     def _class_names(self, meta):
         index = meta.background_class_index
         return display_names(meta.stuff_classes[:index]) + ["background"]
+
+    def check_vocabulary_size(self, size):
+        if size < self.num_classes:
+            raise EscnetError(
+                f"dataset {self.dataset_name!r}: the test vocabulary has {size} classes; it needs the "
+                f"{self.num_classes - 1} object classes followed by at least one background name"
+            )
 
     def map_prediction(self, pred):
         return np.minimum(pred, self.num_classes - 1)

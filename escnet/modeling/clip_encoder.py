@@ -61,6 +61,7 @@ class CLIPEncoder(nn.Module):
         offline: bool = False,
         cache_dir: str = "",
         text_chunk_size: int = 1024,
+        load_pretrained: bool = True,
     ):
         """
         Args:
@@ -74,6 +75,8 @@ class CLIPEncoder(nn.Module):
             offline: never download; a missing weight is an EscnetError.
             cache_dir: weight cache folder (empty: open_clip's / Hugging Face's defaults).
             text_chunk_size: prompts encoded per text-encoder call.
+            load_pretrained: load ``pretrained``'s weights; False when a trained escnet
+                checkpoint (``MODEL.WEIGHTS``) will replace them (no download needed).
         """
         super().__init__()
         if finetune not in FINETUNE_MODES:
@@ -81,7 +84,7 @@ class CLIPEncoder(nn.Module):
         if text_chunk_size < 1:
             raise EscnetError(f"MODEL.ESCNET.CLIP_TEXT_CHUNK_SIZE must be positive, got {text_chunk_size}")
         self.clip, info = build_clip_model(
-            model_name, pretrained, offline=offline_mode(offline), cache_dir=cache_dir
+            model_name, pretrained, offline=offline_mode(offline), cache_dir=cache_dir, load_weights=load_pretrained
         )
         self.quick_gelu = info["quick_gelu"]
         visual = self.clip.visual
@@ -109,7 +112,6 @@ class CLIPEncoder(nn.Module):
         self.text_chunk_size = int(text_chunk_size)
         self._templates = _validate_templates(templates)
         self._text_cache = {}
-        self.finetune = finetune
         self._set_trainable(finetune)
 
     @classmethod
@@ -125,6 +127,7 @@ class CLIPEncoder(nn.Module):
             "offline": e.CLIP_OFFLINE,
             "cache_dir": e.CLIP_CACHE_DIR,
             "text_chunk_size": e.CLIP_TEXT_CHUNK_SIZE,
+            "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
 
     # ------------------------------------------------------------------ set-up

@@ -258,19 +258,21 @@ def _tag_source(tag_cfg, cache_dir):
     }
 
 
-def build_clip_model(model_name, pretrained, *, offline=False, cache_dir=""):
+def build_clip_model(model_name, pretrained, *, offline=False, cache_dir="", load_weights=True):
     """Build the open_clip ``CLIP`` model named by the config and load its weights.
 
     The checkpoint is resolved before the model is built, so a missing weight fails fast.
-    Returns ``(model, info)`` as ``clip_architecture``, with ``info["checkpoint"]`` (the
-    loaded file's path, or None for random init).
+    With ``load_weights=False`` (a trained escnet checkpoint will overwrite every tensor) no
+    file is looked up, but ``pretrained`` still decides the architecture (QuickGELU, mean/std).
+    Returns ``(model, info)`` as ``clip_architecture``.
     """
-    config_name, _ = resolve_model_config(model_name)
-    checkpoint = resolve_checkpoint(model_name, config_name, pretrained, offline=offline, cache_dir=cache_dir)
+    checkpoint = None
+    if load_weights:
+        config_name, _ = resolve_model_config(model_name)
+        checkpoint = resolve_checkpoint(model_name, config_name, pretrained, offline=offline, cache_dir=cache_dir)
     model, info = clip_architecture(model_name, pretrained)
     if checkpoint is not None:
         load_clip_checkpoint(model, checkpoint)
-    info["checkpoint"] = checkpoint
     return model, info
 
 

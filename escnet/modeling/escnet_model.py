@@ -75,11 +75,14 @@ class ESCNet(nn.Module):
         vocabulary_error: str = "",
         sliding_window: bool = False,
         sliding_overlap: float = 0.333,
+        load_pretrained: bool = True,
     ):
         """Keyword arguments mirror the ``MODEL.ESCNET.*`` keys (see escnet/config.py).
 
         ``train_vocabulary`` / ``test_vocabulary``: defaults for inputs without a vocabulary
         (None: such inputs raise ``EscnetError`` with ``vocabulary_error``).
+        ``load_pretrained``: load the SAM checkpoint (and CLIP weights, via ``clip_encoder``);
+        False when ``MODEL.WEIGHTS`` is set, so trained models need no download.
         """
         super().__init__()
         prompt_types = tuple(t.lower() for t in prompt_types)
@@ -145,7 +148,7 @@ class ESCNet(nn.Module):
                 f"{len(clip_encoder.intermediate_layers)} intermediate layers (MODEL.ESCNET.CLIP_INTERMEDIATE_LAYERS)"
             )
 
-        if sam_init == "pretrained":
+        if sam_init == "pretrained" and load_pretrained:
             if sam_checkpoint:
                 load_sam_checkpoint(sam_checkpoint, self.sam_checkpoint_targets())
             else:
@@ -200,6 +203,8 @@ class ESCNet(nn.Module):
             "vocabulary_error": "; ".join(errors),
             "sliding_window": cfg.TEST.SLIDING_WINDOW,
             "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
+            # A trained checkpoint (MODEL.WEIGHTS) replaces every CLIP and SAM tensor.
+            "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
 
     # ------------------------------------------------------------------ parameters

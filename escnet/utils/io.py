@@ -2,24 +2,27 @@
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the same folder; rename it to ``path`` only on success.
 
-    The temporary name keeps ``path``'s extension so that writers choosing a format by
-    extension (OpenCV, PIL, video writers) still work.
+    The temporary name is hidden (leading dot, so ``*.pth``-style globs skip it) and keeps
+    ``path``'s extension so that writers choosing a format by extension (OpenCV, PIL, video
+    writers) still work. The writer creates the file, so it gets the usual permissions (umask);
+    its content is flushed to disk before the rename.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}")
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -43,9 +46,6 @@ def save_image_atomic(path, image):
     from PIL import Image
 
     if isinstance(image, np.ndarray):
-        if image.dtype == np.uint16:
-            image = Image.fromarray(image)
-        else:
-            image = Image.fromarray(image)
+        image = Image.fromarray(image)
     with atomic_path(path) as tmp:
         image.save(tmp)
