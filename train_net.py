@@ -15,6 +15,7 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import escnet  # noqa: F401,E402  (registers datasets, models, evaluators)
+from escnet.data.build import check_dataset_registered  # noqa: E402
 from escnet.engine import AtomicCheckpointer, Trainer, load_config  # noqa: E402
 from escnet.utils.compat import report_compiled_ops  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
@@ -52,9 +53,19 @@ def main(args):
     return results
 
 
+@cli_entry
+def check_before_launch(args):
+    """Fail once, in the launching process, on a bad config or dataset name (not once per worker)."""
+    cfg = load_config(args.config_file, args.opts)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_dataset_registered(name)
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    if args.num_gpus * args.num_machines > 1:
+        check_before_launch(args)
     launch(
         main,
         args.num_gpus,

@@ -196,3 +196,11 @@ def test_checkpoint_that_does_not_fit_the_config_is_one_line_error(train_net, ca
 def test_eval_only_resume_without_checkpoint_is_one_line_error(train_net, capsys, tmp_path):
     line = _run_main(train_net, ["--config-file", TINY_CONFIG, "--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path)], capsys)
     assert line.startswith("error: --eval-only needs trained weights")
+
+
+def test_multi_process_launch_reports_bad_input_once():
+    proc = run_cli(["train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", "2", "DATASETS.TRAIN", "('nope',)"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: unknown dataset 'nope'")

@@ -60,9 +60,11 @@ class PseudoPromptGenerator(nn.Module):
     def forward(self, class_maps: torch.Tensor) -> PseudoPrompts:
         """``class_maps``: ``N x h x w`` scores (any scale; higher = more likely the class)."""
         n, h, w = class_maps.shape
-        probs = torch.softmax(class_maps.detach().float().reshape(n, h * w) / self.temperature, dim=-1)
-        foreground = probs >= self.threshold * probs.amax(dim=-1, keepdim=True)
-        return self.regions_from_foreground(probs, foreground, (h, w))
+        # Coordinates and k-means need full precision: never run them under autocast.
+        with torch.autocast(device_type=class_maps.device.type, enabled=False):
+            probs = torch.softmax(class_maps.detach().float().reshape(n, h * w) / self.temperature, dim=-1)
+            foreground = probs >= self.threshold * probs.amax(dim=-1, keepdim=True)
+            return self.regions_from_foreground(probs, foreground, (h, w))
 
     @torch.no_grad()
     def regions_from_foreground(self, probs, foreground, grid_size) -> PseudoPrompts:

@@ -89,13 +89,15 @@ class SamPromptEncoder(PromptEncoder):
         tokens = [weight.new_zeros(n, 0, self.embed_dim)]
         valid = prompts.valid.unsqueeze(-1)
         if "point" in prompt_types:
-            encoded = self.pe_layer.forward_with_coords(prompts.points + 0.5, self.input_image_size)
+            points = prompts.points.to(self.pe_layer.positional_encoding_gaussian_matrix.dtype)
+            encoded = self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size)
             encoded = encoded.to(weight.dtype) + self.point_embeddings[1].weight
             tokens.append(torch.where(valid, encoded, weight.expand_as(encoded)))
             if "box" not in prompt_types:
                 tokens.append(weight.expand(n, 1, -1))
         if "box" in prompt_types:
-            corners = (prompts.boxes + 0.5).reshape(n * num_regions, 2, 2)
+            boxes = prompts.boxes.to(self.pe_layer.positional_encoding_gaussian_matrix.dtype)
+            corners = (boxes + 0.5).reshape(n * num_regions, 2, 2)
             encoded = self.pe_layer.forward_with_coords(corners, self.input_image_size).to(weight.dtype)
             encoded = encoded + torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
             encoded = encoded.reshape(n, num_regions * 2, self.embed_dim)
@@ -111,7 +113,8 @@ class SamPromptEncoder(PromptEncoder):
         masks = F.interpolate(foreground, size=self.mask_input_size, mode="nearest")
         dense = self.mask_downscaling(masks)
         has_mask = prompts.valid.any(dim=1).view(n, 1, 1, 1)
-        return sparse, torch.where(has_mask, dense, no_mask)
+        # Under autocast ``dense`` is low precision: keep it so (no full-size fp32 copy).
+        return sparse, torch.where(has_mask, dense, no_mask.to(dense.dtype))
 
 
 class SamClassBlock(nn.Module):
