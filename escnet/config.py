@@ -64,6 +64,8 @@ def _add_escnet_model_config(cfg):
     cfg.MODEL.ESCNET.CLIP_CACHE_DIR = ""
     # Prompts per text-encoder call (bounds memory for large vocabularies x many templates).
     cfg.MODEL.ESCNET.CLIP_TEXT_CHUNK_SIZE = 1024
+    # Text features of this many (vocabulary, templates) pairs stay cached in eval mode.
+    cfg.MODEL.ESCNET.CLIP_TEXT_CACHE_SIZE = 8
 
     # --- ESC-Net (escnet_model.py and parts)
     # Number of ESC blocks (PPG + SAM block + VLF); paper: N = 4.

@@ -330,3 +330,19 @@ def test_tiny_forward_is_fast(encoder):
             encoder.encode_image_dense(images)
             timings.append(time.perf_counter() - start)
     assert min(timings) < 0.25, timings
+
+
+def test_text_cache_keeps_only_the_most_recent_vocabularies():
+    from escnet.modeling.clip_encoder import CLIPEncoder
+    from conftest import tiny_cfg
+
+    cfg = tiny_cfg()
+    cfg.MODEL.ESCNET.CLIP_TEXT_CACHE_SIZE = 2
+    encoder = CLIPEncoder(cfg).eval()
+    first = encoder.encode_text(["cat"])
+    encoder.encode_text(["dog"])
+    assert encoder.encode_text(["cat"]) is first  # still cached, now most recent
+    encoder.encode_text(["bird"])  # evicts "dog", the least recently used
+    assert len(encoder._text_cache) == 2
+    assert encoder.encode_text(["cat"]) is first
+    assert {key[0] for key in encoder._text_cache} == {("cat",), ("bird",)}

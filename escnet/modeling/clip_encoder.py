@@ -61,6 +61,7 @@ class CLIPEncoder(nn.Module):
         offline: bool = False,
         cache_dir: str = "",
         text_chunk_size: int = 1024,
+        text_cache_size: int = 8,
         load_pretrained: bool = True,
     ):
         """
@@ -75,6 +76,7 @@ class CLIPEncoder(nn.Module):
             offline: never download; a missing weight is an EscnetError.
             cache_dir: weight cache folder (empty: open_clip's / Hugging Face's defaults).
             text_chunk_size: prompts encoded per text-encoder call.
+            text_cache_size: vocabularies whose text features are kept (eval mode).
             load_pretrained: load ``pretrained``'s weights; False when a trained escnet
                 checkpoint (``MODEL.WEIGHTS``) will replace them (no download needed).
         """
@@ -111,7 +113,9 @@ class CLIPEncoder(nn.Module):
         self.tokenizer = _build_tokenizer(self.clip)
         self.text_chunk_size = int(text_chunk_size)
         self._templates = _validate_templates(templates)
+        # (vocabulary, templates, device, dtype, autocast) -> Nc x C; bounded, least recently used dropped.
         self._text_cache = {}
+        self.text_cache_size = int(text_cache_size)
         self._set_trainable(finetune)
 
     @classmethod
@@ -127,6 +131,7 @@ class CLIPEncoder(nn.Module):
             "offline": e.CLIP_OFFLINE,
             "cache_dir": e.CLIP_CACHE_DIR,
             "text_chunk_size": e.CLIP_TEXT_CHUNK_SIZE,
+            "text_cache_size": e.CLIP_TEXT_CACHE_SIZE,
             "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
 
@@ -236,12 +241,14 @@ class CLIPEncoder(nn.Module):
         if self.training and self._text_trains():
             return self._compute_text_features(vocabulary)
         weight = self.clip.token_embedding.weight
-        key = (vocabulary, self._templates, weight.device, weight.dtype)
-        cached = self._text_cache.get(key)
+        key = (vocabulary, self._templates, weight.device, weight.dtype, torch.is_autocast_enabled(weight.device.type))
+        cached = self._text_cache.pop(key, None)
         if cached is None:
             with torch.no_grad():
                 cached = self._compute_text_features(vocabulary)
-            self._text_cache[key] = cached
+        self._text_cache[key] = cached  # most recently used last
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.pop(next(iter(self._text_cache)))
         return cached
 
     def _text_trains(self):
