@@ -25,12 +25,3 @@ def cli_entry(main):
 
     return wrapper
 
-
-def require_file(path, what="file", hint=""):
-    """Raise ``EscnetError`` naming ``path`` unless it is an existing file."""
-    import os
-
-    if not path or not os.path.isfile(path):
-        suffix = f" ({hint})" if hint else ""
-        raise EscnetError(f"{what} not found: {path!r}{suffix}")
-    return path

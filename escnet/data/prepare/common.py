@@ -54,6 +54,16 @@ def load_id_list(filename):
         return [line.strip() for line in f if line.strip()]
 
 
+def read_id_list(path, what):
+    """Image ids, the first word of each non-empty line of ``path``; ``what`` names it in errors."""
+    require_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    if not ids:
+        raise EscnetError(f"{what} {path} is empty")
+    return ids
+
+
 def lookup_table(id_to_train_id, size, ignore_label, dtype):
     """Array ``lut`` of length ``size`` with ``lut[id] = train_id``; every other id -> ``ignore_label``."""
     lut = np.full(size, ignore_label, dtype=dtype)

@@ -16,7 +16,7 @@ import scipy.io
 
 from ...utils.errors import EscnetError
 from ..label_io import write_label_map
-from .common import PrepareSummary, load_id_list, lookup_table, prepare_cli, remap, require_dir, run_jobs
+from .common import PrepareSummary, load_id_list, lookup_table, prepare_cli, read_id_list, remap, require_dir, run_jobs
 
 NUM_CLASSES = 459
 IGNORE_LABEL = 65535
@@ -64,11 +64,7 @@ def validation_ids(base):
     local_list = os.path.join(base, LOCAL_VAL_LIST)
     if not os.path.isfile(local_list):
         return load_id_list(VAL_ID_TABLE)
-    with open(local_list, encoding="utf-8") as f:
-        ids = [line.strip() for line in f if line.strip()]
-    if not ids:
-        raise EscnetError(f"PASCAL-Context validation id list {local_list} is empty")
-    return ids
+    return read_id_list(local_list, "PASCAL-Context validation id list")
 
 
 def prepare_pascal_context_459(root, workers=None):

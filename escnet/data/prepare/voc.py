@@ -13,7 +13,7 @@ import numpy as np
 
 from ...utils.errors import EscnetError
 from .common import LabelJob, PrepareSummary, lookup_table, prepare_cli
-from .common import remap_label_file, require_dir, require_file, run_jobs
+from .common import read_id_list, remap_label_file, require_dir, run_jobs
 
 NUM_CLASSES = 20
 IGNORE_LABEL = 255
@@ -28,21 +28,11 @@ def voc_lookup_tables():
     return voc20, voc20b
 
 
-def read_id_list(path):
-    """Image ids listed one per line in ``path`` (a VOC ImageSets file)."""
-    require_file(path, "VOC image-id list")
-    with open(path, encoding="utf-8") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
-    if not ids:
-        raise EscnetError(f"VOC image-id list {path} is empty")
-    return ids
-
-
 def prepare_voc(root, workers=None):
     """Write the VOC-20 and VOC-20b validation labels under ``root/VOCdevkit/VOC2012``."""
     base = os.path.join(root, "VOCdevkit", "VOC2012")
     raw_dir = require_dir(os.path.join(base, "SegmentationClassAug"), "VOC SegmentationClassAug")
-    ids = read_id_list(os.path.join(base, "ImageSets", "Segmentation", "val.txt"))
+    ids = read_id_list(os.path.join(base, "ImageSets", "Segmentation", "val.txt"), "VOC image-id list")
     missing = [i for i in ids if not os.path.isfile(os.path.join(raw_dir, i + ".png"))]
     if missing:
         raise EscnetError(
