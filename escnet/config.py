@@ -33,6 +33,8 @@ def _add_test_config(cfg):
     # Sliding-window inference: windows of the model's input size with overlap, plus a global view.
     cfg.TEST.SLIDING_WINDOW = False
     cfg.TEST.SLIDING_OVERLAP = 0.333
+    # Views (windows + global) run per forward pass in sliding-window inference (bounds memory).
+    cfg.TEST.SLIDING_BATCH = 4
     # Images per batch at inference (per process).
     cfg.TEST.IMS_PER_BATCH = 1
 

@@ -92,6 +92,9 @@ def test_sliding_window_inference_combines_windows_and_the_global_view():
         global_only = model([{"image": image, "height": 70, "width": 150, "vocabulary": VOCAB}])[0]["sem_seg"]
         model.sliding_window = True
         sliding = model([{"image": image, "height": 70, "width": 150, "vocabulary": VOCAB}])[0]["sem_seg"]
+        model.sliding_batch = 1  # one view per forward pass: same result, less memory
+        one_by_one = model([{"image": image, "height": 70, "width": 150, "vocabulary": VOCAB}])[0]["sem_seg"]
+    assert torch.allclose(one_by_one, sliding, atol=1e-5)
     assert sliding.shape == global_only.shape == (4, 70, 150)
     assert torch.allclose(sliding.sum(0), torch.ones(1), atol=1e-5)
     assert not torch.allclose(sliding, global_only, atol=1e-4)

@@ -75,6 +75,7 @@ class ESCNet(nn.Module):
         vocabulary_error: str = "",
         sliding_window: bool = False,
         sliding_overlap: float = 0.333,
+        sliding_batch: int = 4,
         load_pretrained: bool = True,
     ):
         """Keyword arguments mirror the ``MODEL.ESCNET.*`` keys (see escnet/config.py).
@@ -163,6 +164,9 @@ class ESCNet(nn.Module):
         self.vocabulary_error = vocabulary_error
         self.sliding_window = bool(sliding_window)
         self.sliding_overlap = float(sliding_overlap)
+        if sliding_batch < 1:
+            raise EscnetError(f"TEST.SLIDING_BATCH must be positive, got {sliding_batch}")
+        self.sliding_batch = int(sliding_batch)
 
     @classmethod
     def from_config(cls, cfg):
@@ -203,6 +207,7 @@ class ESCNet(nn.Module):
             "vocabulary_error": "; ".join(errors),
             "sliding_window": cfg.TEST.SLIDING_WINDOW,
             "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
+            "sliding_batch": cfg.TEST.SLIDING_BATCH,
             # A trained checkpoint (MODEL.WEIGHTS) replaces every CLIP and SAM tensor.
             "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
@@ -333,8 +338,8 @@ class ESCNet(nn.Module):
                 crops.append(scaled[:, top:bottom, left:right])
                 boxes.append((top, bottom, left, right))
         batch = torch.stack(crops + [self._resize(image, self.input_size)])
-        logits = self.predict_logits(batch, text)
-        logits = logits.float()
+        # TEST.SLIDING_BATCH views per forward bound memory (views x classes run through the blocks).
+        logits = torch.cat([self.predict_logits(chunk, text).float() for chunk in batch.split(self.sliding_batch)])
         summed = logits.new_zeros(logits.shape[1], *size)
         counts = logits.new_zeros(1, *size)
         for logit, (top, bottom, left, right) in zip(logits[:-1], boxes):
