@@ -24,6 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .data.dataset_mapper import build_test_augmentations
 from .engine.checkpoint import AtomicCheckpointer
 from .engine.setup import load_config
 from .utils.errors import EscnetError
@@ -282,7 +283,7 @@ class Segmenter:
                 raise EscnetError(f"cannot load checkpoint {weights_path!r}: {err}") from None
             except Exception as err:  # unpickling errors, wrong file type
                 raise EscnetError(f"cannot load checkpoint {weights_path!r}: {str(err).splitlines()[0]}") from None
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.resize = T.AugmentationList(build_test_augmentations(cfg))
         self.input_format = cfg.INPUT.FORMAT
 
     def segment(self, image, vocabulary, color_format="RGB", score_threshold=0.0, return_probabilities=True):
@@ -332,8 +333,9 @@ class Segmenter:
         """The model's input dict for one ``H x W x 3`` uint8 RGB array (resized like ``DefaultPredictor``)."""
         height, width = rgb.shape[:2]
         image = rgb if self.input_format == "RGB" else rgb[:, :, ::-1]
-        image = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        aug_input = T.AugInput(np.ascontiguousarray(image))
+        self.resize(aug_input)  # in place
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width, "vocabulary": vocabulary}
 
     def _result(self, probabilities, size, vocabulary, score_threshold, return_probabilities):

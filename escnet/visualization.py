@@ -6,6 +6,7 @@ keep the image's own colours and have an uncoloured, crossed legend swatch.
 """
 
 import colorsys
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -51,6 +52,7 @@ def normalized_name(name):
     return ", ".join(" ".join(part.lower().split()) for part in name.split(",") if part.strip())
 
 
+@functools.lru_cache(maxsize=4096)  # pure: same name, same colour; spares hashing per video frame
 def class_color(name):
     """A stable RGB colour (three ints 0..255) for a class name, from a hash of the name."""
     digest = hashlib.sha256(normalized_name(name).encode("utf-8")).digest()
@@ -103,6 +105,7 @@ def blend_labels(image, labels, vocabulary, unlabelled, opacity=0.5):
     return np.round(blended).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=16)  # pure: one font per size, not one per frame
 def _font(size):
     """Pillow's built-in scalable font (Pillow >= 10.1), else its fixed bitmap font."""
     try:

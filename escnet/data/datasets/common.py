@@ -45,13 +45,20 @@ def register_sem_seg_dataset(
     image_ext=".jpg",
     gt_ext=".png",
     prepare_hint="",
+    before_load=None,
     **extra_metadata,
 ):
-    """Register ``name`` lazily: files are listed (and checked) only when the dataset is loaded."""
-    DatasetCatalog.register(
-        name,
-        lambda: list_sem_seg_pairs(image_dir, gt_dir, image_ext, gt_ext, name, prepare_hint),
-    )
+    """Register ``name`` lazily: files are listed (and checked) only when the dataset is loaded.
+
+    ``before_load`` (optional, no arguments) runs first at every load, e.g. to generate data.
+    """
+
+    def load():
+        if before_load is not None:
+            before_load()
+        return list_sem_seg_pairs(image_dir, gt_dir, image_ext, gt_ext, name, prepare_hint)
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         image_root=image_dir,
         sem_seg_root=gt_dir,
