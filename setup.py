@@ -20,12 +20,19 @@ setup(
         "segment-anything>=1.0",
         "timm>=0.9",
         "einops",
-        "opencv-python-headless",
+        # detectron2 declares numpy<2 (its code uses numpy-1 copy semantics); 4.11 is the last
+        # OpenCV that supports numpy 1.
+        "numpy>=1.24,<2",
+        "opencv-python-headless>=4.8,<4.12",
         "pycocotools",
         "scipy",
         "Pillow",
         "tqdm",
         "tabulate",
+        "psutil",
+        "filelock",
+        "diffusers>=0.27",  # CLIPer's fine-grained compensation (Stable Diffusion UNet)
+        "gradio>=4.40",  # demo/app.py
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "playwright>=1.40"]},
 )

@@ -10,7 +10,7 @@ from detectron2.config import get_cfg
 from open_clip.transformer import QuickGELU
 
 from escnet.config import add_escnet_config
-from escnet.modeling.clip_encoder import CLIPEncoder, default_intermediate_layers
+from escnet.modeling.esc_net.clip_encoder import CLIPEncoder, default_intermediate_layers
 from escnet.modeling.clip_weights import REPO_ROOT, clip_architecture, resize_grid_embedding, resolve_checkpoint
 from escnet.utils.errors import EscnetError
 
@@ -333,7 +333,7 @@ def test_tiny_forward_is_fast(encoder):
 
 
 def test_text_cache_keeps_only_the_most_recent_vocabularies():
-    from escnet.modeling.clip_encoder import CLIPEncoder
+    from escnet.modeling.esc_net.clip_encoder import CLIPEncoder
     from conftest import tiny_cfg
 
     cfg = tiny_cfg()

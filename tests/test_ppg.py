@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from escnet.modeling.prompt_generator import PseudoPromptGenerator
-from escnet.modeling.sam_blocks import SamPromptEncoder
+from escnet.modeling.esc_net.prompt_generator import PseudoPromptGenerator
+from escnet.modeling.esc_net.sam_blocks import SamPromptEncoder
 from escnet.utils.errors import EscnetError
 
 GRID = 24

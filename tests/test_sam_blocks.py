@@ -8,8 +8,8 @@ from segment_anything.modeling.transformer import TwoWayTransformer
 
 from detectron2.modeling import build_model
 
-from escnet.modeling.prompt_generator import PseudoPromptGenerator
-from escnet.modeling.sam_blocks import SamClassBlock, SamPromptEncoder, load_sam_checkpoint
+from escnet.modeling.esc_net.prompt_generator import PseudoPromptGenerator
+from escnet.modeling.esc_net.sam_blocks import SamClassBlock, SamPromptEncoder, load_sam_checkpoint
 from escnet.utils.errors import EscnetError
 
 from conftest import tiny_cfg

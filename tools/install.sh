@@ -44,6 +44,17 @@ else
   "$PY" -m pip install -q "${D2_DEPS[@]}"
 fi
 
+# Headless Chromium (Debian package) for the browser test of demo/app.py; Playwright drives it
+# through executable_path (Playwright's own browser download is not used).
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+  log "chromium present: $(command -v chromium || command -v chromium-browser)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  log "installing chromium (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+else
+  log "warning: chromium missing and apt-get unavailable (not root): the browser test will fail; install Debian's chromium"
+fi
+
 log "installing escnet (editable) with test extras"
 "$PY" -m pip install -q -e "$ROOT[test]"
 "$PY" -c "import escnet; print('[install] escnet', escnet.__version__, 'ready')"

@@ -1,18 +1,10 @@
-"""ESC-Net model: CLIP encoder, pseudo prompt generator, SAM blocks, VLF, decoder, meta-architecture.
+"""Models: one sub-package per meta-architecture plus the parts they share.
 
-Importing this package registers ``ESCNet`` in Detectron2's ``META_ARCH_REGISTRY``.
+Shared: ``clip_weights`` (open_clip model names, tags, local/offline weights), ``text_encoder``
+(class text embeddings over templates and synonyms, cache). Models: ``esc_net`` (ESC-Net).
+Importing this package registers every meta-architecture in Detectron2's ``META_ARCH_REGISTRY``.
 """
-from .clip_encoder import CLIPEncoder
-from .escnet_model import ESCNet
-from .prompt_generator import PseudoPromptGenerator, PseudoPrompts
-from .sam_blocks import SamClassBlock, SamPromptEncoder, load_sam_checkpoint
+from . import esc_net  # noqa: F401  (registers ESCNet)
+from .esc_net import ESCNet
 
-__all__ = [
-    "CLIPEncoder",
-    "ESCNet",
-    "PseudoPromptGenerator",
-    "PseudoPrompts",
-    "SamClassBlock",
-    "SamPromptEncoder",
-    "load_sam_checkpoint",
-]
+__all__ = ["ESCNet"]

@@ -2,7 +2,7 @@
 
 * :class:`SamPromptEncoder` is ``segment_anything``'s ``PromptEncoder`` (same parameter names as
   in SAM checkpoints) on the CLIP grid, plus :meth:`~SamPromptEncoder.embed_pseudo_prompts`
-  which turns :class:`~escnet.modeling.prompt_generator.PseudoPrompts` into SAM tokens.
+  which turns :class:`~escnet.modeling.esc_net.prompt_generator.PseudoPrompts` into SAM tokens.
 * :class:`SamClassBlock` is one ESC block's SAM step: the image features attend with each
   class's prompt tokens (plus a projected text token) through one ``TwoWayAttentionBlock`` of
   SAM's mask decoder, batched over classes; the Nc refined maps are fused into one map with a
@@ -23,8 +23,8 @@ from torch import nn
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
-from ..utils.errors import EscnetError
-from ..utils.io import atomic_path
+from ...utils.errors import EscnetError
+from ...utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..utils.errors import EscnetError
+from ...utils.errors import EscnetError
 
 
 @dataclass

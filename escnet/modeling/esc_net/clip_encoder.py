@@ -20,14 +20,14 @@ Every parameter of this module belongs to the optimizer's ``"clip"`` group.
 from typing import List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 
-from ..utils.errors import EscnetError
-from ..vocabulary import synonyms, validate_vocabulary
-from .clip_weights import build_clip_model, offline_mode, resize_grid_embedding
+from ...utils.errors import EscnetError
+from ...vocabulary import validate_vocabulary
+from ..clip_weights import build_clip_model, offline_mode, resize_grid_embedding
+from ..text_encoder import TextFeatureCache, build_tokenizer, encode_class_texts, validate_templates
 
 FINETUNE_MODES = ("attention", "none", "full")
 
@@ -110,12 +110,11 @@ class CLIPEncoder(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(info["mean"]).view(3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(info["std"]).view(3, 1, 1) * 255.0, persistent=False)
 
-        self.tokenizer = _build_tokenizer(self.clip)
+        self.tokenizer = build_tokenizer(self.clip)
         self.text_chunk_size = int(text_chunk_size)
-        self._templates = _validate_templates(templates)
+        self._templates = validate_templates(templates)
         # (vocabulary, templates, device, dtype, autocast) -> Nc x C; bounded, least recently used dropped.
-        self._text_cache = {}
-        self.text_cache_size = int(text_cache_size)
+        self._text_cache = TextFeatureCache(text_cache_size)
         self._set_trainable(finetune)
 
     @classmethod
@@ -165,7 +164,7 @@ class CLIPEncoder(nn.Module):
 
     @templates.setter
     def templates(self, templates):
-        self._templates = _validate_templates(templates)
+        self._templates = validate_templates(templates)
         self._text_cache.clear()
 
     def clear_text_cache(self):
@@ -242,14 +241,7 @@ class CLIPEncoder(nn.Module):
             return self._compute_text_features(vocabulary)
         weight = self.clip.token_embedding.weight
         key = (vocabulary, self._templates, weight.device, weight.dtype, torch.is_autocast_enabled(weight.device.type))
-        cached = self._text_cache.pop(key, None)
-        if cached is None:
-            with torch.no_grad():
-                cached = self._compute_text_features(vocabulary)
-        self._text_cache[key] = cached  # most recently used last
-        while len(self._text_cache) > self.text_cache_size:
-            self._text_cache.pop(next(iter(self._text_cache)))
-        return cached
+        return self._text_cache.get_or_compute(key, lambda: self._compute_text_features(vocabulary))
 
     def _text_trains(self):
         return any(
@@ -257,43 +249,10 @@ class CLIPEncoder(nn.Module):
         )
 
     def _compute_text_features(self, vocabulary):
-        prompts, owners = [], []
-        for class_index, entry in enumerate(vocabulary):
-            for name in synonyms(entry):
-                for template in self._templates:
-                    prompts.append(template.format(name))
-                    owners.append(class_index)
-        device = self.clip.token_embedding.weight.device
-        features = []
-        for start in range(0, len(prompts), self.text_chunk_size):
-            tokens = self.tokenizer(prompts[start:start + self.text_chunk_size]).to(device)
-            features.append(F.normalize(self.clip.encode_text(tokens), dim=-1))
-        features = torch.cat(features, dim=0)  # P x C
-        owners = torch.tensor(owners, device=device)
-        summed = features.new_zeros(len(vocabulary), features.shape[-1]).index_add(0, owners, features)
-        counts = torch.bincount(owners, minlength=len(vocabulary)).to(features.dtype).unsqueeze(1)
-        return F.normalize(summed / counts, dim=-1)
+        return encode_class_texts(self.clip, self.tokenizer, vocabulary, self._templates, self.text_chunk_size)
 
 
 def _tokens_to_grid(tokens, grid_size):
     """``B x hw x K`` tokens -> ``B x K x h x w``."""
     batch, _, channels = tokens.shape
     return tokens.transpose(1, 2).reshape(batch, channels, grid_size[0], grid_size[1])
-
-
-def _validate_templates(templates):
-    if isinstance(templates, str):
-        templates = [templates]
-    templates = tuple(templates)
-    if not templates:
-        raise EscnetError("MODEL.ESCNET.CLIP_TEMPLATES is empty: give at least one prompt template")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise EscnetError(f"CLIP prompt template {template!r} must contain exactly one '{{}}'")
-    return templates
-
-
-def _build_tokenizer(clip_model):
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=int(clip_model.positional_embedding.shape[0]))

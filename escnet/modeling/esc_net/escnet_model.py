@@ -5,7 +5,7 @@
 1. CLIP dense features ``F_v`` (``B x C x h x w``) and text features ``F_l`` (``Nc x C``);
 2. correlation ``C(n, i) = cos(F_v(i), F_l(n))`` (``B x Nc x h x w``), embedded per class by a
    1x1 conv into the class features (``B x Nc x E x h x w``);
-3. N ESC blocks (:class:`~escnet.modeling.esc_block.ESCBlock`): pseudo prompts from the
+3. N ESC blocks (:class:`~escnet.modeling.esc_net.esc_block.ESCBlock`): pseudo prompts from the
    current class maps, a SAM two-way attention block per class, Vision-Language Fusion;
 4. U-Net decoder with CLIP intermediate skips -> logits ``B x Nc x 4h x 4w`` -> ``S x S``.
 
@@ -22,9 +22,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..data.build import default_vocabulary
-from ..utils.errors import EscnetError
-from ..vocabulary import validate_vocabulary
+from ...data.build import default_vocabulary
+from ...utils.errors import EscnetError
+from ...vocabulary import validate_vocabulary
 from .clip_encoder import CLIPEncoder
 from .decoder import UpsamplingDecoder
 from .esc_block import ESCBlock
