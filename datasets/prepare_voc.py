@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare the PASCAL VOC-20 and VOC-20b validation labels; see datasets/README.md.
+"""Prepare the PASCAL VOC-20, VOC-20b and VOC-21 validation labels; see datasets/README.md.
 
 Usage: python datasets/prepare_voc.py [--root DATASETS_ROOT] [--workers N]
 """

@@ -11,7 +11,26 @@ def add_escnet_config(cfg):
     _add_data_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    _add_text_cache_config(cfg)
     _add_escnet_model_config(cfg)
+    _add_launch_config(cfg)
+    from .modeling.sed.config import add_sed_config  # SED's MODEL.SED.* (imported here: no import cycle)
+
+    add_sed_config(cfg)
+    from .modeling.cliper.config import add_cliper_config  # CLIPer's MODEL.CLIPER.* (no import cycle)
+
+    add_cliper_config(cfg)
+
+
+def _add_launch_config(cfg):
+    # Multi-process runs (--num-gpus N > 1, escnet/engine/launch.py).
+    cfg.LAUNCH = CN()
+    # Seconds a collective (all-reduce, barrier, process-group setup) waits for the other ranks
+    # before the run fails (Detectron2's default: 30 minutes).
+    cfg.LAUNCH.COLLECTIVE_TIMEOUT = 1800.0
+    # Seconds without a heartbeat (a rank frozen, stopped or not scheduled) before the launcher
+    # ends the whole run; 0 disables the check. Ranks beat every HEARTBEAT_TIMEOUT / 10 seconds.
+    cfg.LAUNCH.HEARTBEAT_TIMEOUT = 60.0
 
 
 def _add_data_config(cfg):
@@ -19,6 +38,9 @@ def _add_data_config(cfg):
     cfg.INPUT.COLOR_AUG_SSD = False
     # Training crops whose largest category covers more than this share are re-drawn (1.0: off).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # An image or label file that cannot be read: False ends the run with an error naming the
+    # file and dataset; True skips the sample with a warning and counts the skipped ones in the log.
+    cfg.DATALOADER.SKIP_CORRUPT_FILES = False
 
 
 def _add_solver_config(cfg):
@@ -37,6 +59,17 @@ def _add_test_config(cfg):
     cfg.TEST.SLIDING_BATCH = 4
     # Images per batch at inference (per process).
     cfg.TEST.IMS_PER_BATCH = 1
+    # Inference precision: "fp32" or "bf16" (autocast, opt-in; CPUs with AMX / AVX-512 BF16 gain most).
+    cfg.TEST.PRECISION = "fp32"
+
+
+def _add_text_cache_config(cfg):
+    # On-disk cache of class text embeddings, shared by every model: keyed by CLIP model name,
+    # text-weights digest, templates, class names and dtype, so a second run pays nothing.
+    cfg.MODEL.TEXT_CACHE = CN()
+    cfg.MODEL.TEXT_CACHE.ENABLED = True
+    # Folder; "": $XDG_CACHE_HOME/escnet/text_features (default ~/.cache/escnet/text_features).
+    cfg.MODEL.TEXT_CACHE.DIR = ""
 
 
 def _add_escnet_model_config(cfg):
@@ -106,3 +139,13 @@ def _add_escnet_model_config(cfg):
     # Decoder: channels of each 2x upsampling stage and of its CLIP skip (CAT-Seg: 64/32, 32/16).
     cfg.MODEL.ESCNET.DECODER_DIMS = [64, 32]
     cfg.MODEL.ESCNET.DECODER_SKIP_DIMS = [32, 16]
+    # Classes per chunk through the per-class stages (PPG, SAM step, VLF, decoder): bounds the
+    # memory of large vocabularies; exact for any value (0: all classes at once).
+    cfg.MODEL.ESCNET.CLASS_CHUNK_SIZE = 32
+    # Category early rejection (SED-style, inference only, an approximation; off = paper protocol):
+    # after ESC block AFTER_BLOCK (0: from the CLIP correlation) only the union over pixels of each
+    # pixel's TOP_K highest-scoring classes continues; the others get probability 0.
+    cfg.MODEL.ESCNET.CER = CN()
+    cfg.MODEL.ESCNET.CER.ENABLED = False
+    cfg.MODEL.ESCNET.CER.TOP_K = 8
+    cfg.MODEL.ESCNET.CER.AFTER_BLOCK = 1

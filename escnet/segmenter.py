@@ -27,6 +27,7 @@ from detectron2.modeling import build_model
 from .data.dataset_mapper import build_test_augmentations
 from .engine.checkpoint import AtomicCheckpointer
 from .engine.setup import load_config
+from .modeling.trained_weights import needs_trained_weights
 from .utils.errors import EscnetError
 from .vocabulary import validate_vocabulary
 
@@ -266,7 +267,7 @@ class Segmenter:
             cfg = build_segmenter_config(config, weights=weights, opts=opts, device=device)
         self.cfg = cfg
         weights_path = cfg.MODEL.WEIGHTS
-        if not weights_path and not allow_random_weights:
+        if not weights_path and not allow_random_weights and needs_trained_weights(cfg):
             raise EscnetError(
                 "config has no weights (MODEL.WEIGHTS is empty): pass a checkpoint with --opts MODEL.WEIGHTS "
                 "<file> (Python: weights=...), or --allow-random-weights (allow_random_weights=True) "

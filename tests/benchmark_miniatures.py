@@ -1,4 +1,5 @@
-"""Miniature raw copies of the six open-vocabulary benchmarks (and COCO-Stuff) for the tests.
+"""Miniature raw copies of the six open-vocabulary benchmarks, COCO-Stuff and the three
+with-background sets (VOC-21, PC-60, COCO-Object) for the tests.
 
 Each ``write_*`` function writes a few tiny images in the exact raw download format under
 ``root`` and returns the prepared labels expected for them, computed by hand:
@@ -199,6 +200,7 @@ def write_pascal_context_459(root, val_ids=("2008_000002", "2008_000003")):
 VOC_RAW = [0, 1, 15, 20, 255]
 VOC20_PREPARED = [255, 0, 14, 19, 255]
 VOC20B_PREPARED = [20, 0, 14, 19, 255]
+VOC21_PREPARED = [0, 1, 15, 20, 255]  # VOC-21 keeps the raw encoding: background 0, classes 1..20
 
 
 def write_voc(root):
@@ -214,10 +216,39 @@ def write_voc(root):
                 VOC20_PREPARED[k:] + VOC20_PREPARED[:k])
             expected[f"VOCdevkit/VOC2012/annotations_detectron2_bg/val/{stem}.png"] = stripes(
                 VOC20B_PREPARED[k:] + VOC20B_PREPARED[:k])
+            expected[f"VOCdevkit/VOC2012/annotations_detectron2_21/val/{stem}.png"] = stripes(
+                VOC21_PREPARED[k:] + VOC21_PREPARED[:k])
     os.makedirs(os.path.join(base, "ImageSets", "Segmentation"), exist_ok=True)
     with open(os.path.join(base, "ImageSets", "Segmentation", "val.txt"), "w") as f:
         f.write("\n".join(stems) + "\n")
     return expected
+
+
+# --- PASCAL-Context-60: the PC-59 raw file; background 0, kept ids (sorted) -> 1..59, i.e.
+# 2 aeroplane -> 1, 9 bag -> 2, 458 wood -> 59; unpainted (0) and not-kept ids (1) -> background 0.
+def write_pascal_context_60(root):
+    write_pascal_context_59(root)
+    first = np.zeros((HEIGHT, WIDTH))  # image 1, painted as described in write_pascal_context_59
+    first[:-1, : WIDTH // 2] = 1
+    first[:-1, WIDTH // 2:] = 59
+    first[1:3, 3:5] = 2
+    first[:-1, 0] = 0
+    pc60 = "VOCdevkit/VOC2010/annotations_detectron2/pc60_val"
+    return {f"{pc60}/2008_000002.png": first, f"{pc60}/2008_000003.png": np.full((HEIGHT, WIDTH), 2)}
+
+
+# --- COCO-Object: the COCO-Stuff stuffthingmaps; things -> trainId + 1, stuff and unlabeled -> 0:
+# 0 person -> 1, 11 (gap) -> 255, 12 stop sign -> 12, 91 banner -> 0, 181 wood -> 0, 255 -> 0.
+COCO_OBJECT_PREPARED = [1, 255, 12, 0, 0, 0]
+
+
+def write_coco_object(root):
+    write_coco_stuff(root)
+    return {
+        f"coco-stuff/annotations_detectron2_object/val2017/{stem}.png": stripes(
+            COCO_OBJECT_PREPARED[k:] + COCO_OBJECT_PREPARED[:k])
+        for k, stem in enumerate(["000000000139", "000000000285"])
+    }
 
 
 def check_prepared(root, expected, dtype):
@@ -251,6 +282,8 @@ def write_and_prepare_all(root):
         (write_pascal_context_59, prepare.prepare_pascal_context_59),
         (write_pascal_context_459, prepare.prepare_pascal_context_459),
         (write_voc, prepare.prepare_voc),
+        (write_pascal_context_60, prepare.prepare_pascal_context_60),
+        (write_coco_object, prepare.prepare_coco_object),
     ):
         expected.update(write(root))
         run(str(root), workers=1)

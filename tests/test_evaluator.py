@@ -20,12 +20,11 @@ def reference_metrics(gts, preds, num_classes, ignore):
     tp = np.array([conf[k, k] for k in range(num_classes)], float)
     gt_count = np.array([conf[k, :].sum() for k in range(num_classes)], float)
     pred_count = np.array([conf[:, k].sum() for k in range(num_classes)], float)
-    present = gt_count > 0
-    seen = (gt_count + pred_count) > 0
+    present = gt_count > 0  # classes predicted but absent from GT stay out of every mean
     iou = tp[present] / (gt_count + pred_count - tp)[present]
     acc = tp[present] / gt_count[present]
     return {
-        "mIoU": 100 * iou.sum() / seen.sum(),
+        "mIoU": 100 * iou.mean(),
         "fwIoU": 100 * (iou * gt_count[present] / gt_count.sum()).sum(),
         "mACC": 100 * acc.mean(),
         "pACC": 100 * tp.sum() / gt_count.sum(),
@@ -107,6 +106,24 @@ def test_background_evaluator_maps_proxy_names_to_background(tmp_path):
     ref = reference_metrics(gts, preds, 4, 255)
     assert results["mIoU"] == pytest.approx(ref["mIoU"])
     assert results["IoU-background"] == pytest.approx(ref["iou"][3])
+
+
+def test_class_predicted_but_absent_from_ground_truth_is_left_out_of_the_mean():
+    # GT has classes 0 and 1; class 2 is predicted on one pixel of class 1.
+    conf = np.array([[3, 0, 0], [0, 1, 1], [0, 0, 0]])
+    metrics = segmentation_metrics(conf, ["a", "b", "c"])
+    assert metrics["IoU-a"] == pytest.approx(100) and metrics["IoU-b"] == pytest.approx(50)
+    assert np.isnan(metrics["IoU-c"]) and np.isnan(metrics["ACC-c"])
+    assert metrics["mIoU"] == pytest.approx(75)  # (100 + 50) / 2, not (100 + 50 + 0) / 3
+    assert metrics["mACC"] == pytest.approx(75) and metrics["pACC"] == pytest.approx(80)
+    assert metrics["fwIoU"] == pytest.approx(0.6 * 100 + 0.4 * 50)
+    assert list(metrics)[:2] == ["mIoU", "fwIoU"] and list(metrics)[2:5] == ["IoU-a", "IoU-b", "IoU-c"]
+
+
+def test_no_labelled_pixel_gives_nan_means():
+    metrics = segmentation_metrics(np.zeros((3, 3), np.int64), ["a", "b", "c"])
+    assert all(np.isnan(metrics[k]) for k in ("mIoU", "mACC", "pACC", "IoU-a", "ACC-c"))
+    assert metrics["fwIoU"] == 0  # Detectron2: an empty weighted sum
 
 
 def test_confusion_matrix_ignores_out_of_range_labels():

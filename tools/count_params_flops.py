@@ -76,7 +76,11 @@ def count(cfg, num_classes, height=None, width=None):
     Returns ``{"params": {component: n}, "trainable": n, "gflops": {component: g}}``; the
     components are those of ``COMPONENTS`` plus ``"other"`` and ``"total"``.
     """
-    model = build_model(cfg).eval()
+    return count_model(build_model(cfg).eval(), num_classes, height, width)
+
+
+def count_model(model, num_classes, height=None, width=None):
+    """``count`` for an already built model in eval mode (e.g. tools/benchmark.py's)."""
     params = {}
     for name, parameter in model.named_parameters():
         for key in (_component(name), "total"):

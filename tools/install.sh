@@ -10,9 +10,6 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 D2_SPEC="sal-detectron2==0.7.2"
-# detectron2's declared runtime dependencies (the wheel is installed with --no-deps), plus fvcore/iopath.
-D2_DEPS=("Pillow>=7.1" matplotlib "pycocotools>=2.0.2" "termcolor>=1.1" "yacs>=0.1.8" tabulate cloudpickle
-         "tqdm>4.29.0" tensorboard "omegaconf>=2.1,<2.4" "hydra-core>=1.1" black packaging fvcore iopath)
 
 log() { echo "[install] $*"; }
 
@@ -31,17 +28,32 @@ else
   "$PY" -m pip install $TORCH_SPEC
 fi
 
-if "$PY" -c "import detectron2" 2>/dev/null; then
+# Keep an importable detectron2 unless it is the copy of the CPython-3.10 wheel that earlier
+# versions of this script made (pip check reports that one as "not supported on this platform").
+d2_keep() {
+  "$PY" - <<'PYEOF' 2>/dev/null
+import importlib.metadata as md, os, sys
+import detectron2
+try:
+    dist = md.distribution("sal-detectron2")
+except md.PackageNotFoundError:
+    sys.exit(0)  # someone else's detectron2, e.g. a source build
+ours = os.path.realpath(dist.locate_file("detectron2/__init__.py")) == os.path.realpath(detectron2.__file__)
+sys.exit(1 if ours and "Tag: py3-none-any" not in (dist.read_text("WHEEL") or "") else 0)
+PYEOF
+}
+if d2_keep; then
   log "keeping installed detectron2 at $("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))')"
 else
   log "installing detectron2 (Python code) from $D2_SPEC"
-  SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   TMP="$(mktemp -d)"
   trap 'rm -rf "$TMP"' EXIT
-  "$PY" -m pip install -q --no-deps --only-binary=:all: --python-version 3.10 --target "$TMP" "$D2_SPEC"
-  # the wheel's compiled _C is built for CPython 3.10; it is copied along and simply fails to load elsewhere.
-  cp -r "$TMP/detectron2" "$TMP"/sal_detectron2-*.dist-info "$SITE/"
-  "$PY" -m pip install -q "${D2_DEPS[@]}"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$TMP" "$D2_SPEC"
+  # The only wheel is tagged CPython 3.10 for its compiled _C, which no other interpreter loads:
+  # install its Python code as a pure wheel, with its declared dependencies (numpy<2 among them).
+  D2_WHEEL="$("$PY" "$ROOT/tools/pure_python_wheel.py" "$TMP"/sal_detectron2-*.whl "$TMP/pure" --package detectron2)"
+  "$PY" -m pip install -q --no-deps --force-reinstall "$D2_WHEEL"
+  "$PY" -m pip install -q "$D2_WHEEL" fvcore iopath  # detectron2 imports these without declaring them
 fi
 
 # Headless Chromium (Debian package) for the browser test of demo/app.py; Playwright drives it

@@ -3,13 +3,14 @@ import copy
 
 import numpy as np
 import torch
+from PIL import Image
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..utils.errors import EscnetError
-from .build import dataset_vocabulary
+from .build import SKIPPED_KEY, dataset_vocabulary
 from .label_io import read_label_map
 
 
@@ -56,16 +57,31 @@ class SemanticSegmentationMapper:
 
     Ground-truth pixels equal to the dataset's ``ignore_label`` become ``ignore_value`` (the
     model's), so datasets with other ignore encodings (65535 in uint16 TIFF) train alike.
+    With ``skip_unreadable`` (``DATALOADER.SKIP_CORRUPT_FILES``) a sample whose image or label
+    cannot be read maps to ``{SKIPPED_KEY: reason, ...}``, which escnet's loaders drop and count.
     """
 
     @configurable
-    def __init__(self, *, is_train, augmentations, image_format, vocabulary, dataset_ignore_label, ignore_value):
+    def __init__(
+        self,
+        *,
+        is_train,
+        augmentations,
+        image_format,
+        vocabulary,
+        dataset_ignore_label,
+        ignore_value,
+        dataset_name="",
+        skip_unreadable=False,
+    ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.vocabulary = tuple(vocabulary)
         self.dataset_ignore_label = dataset_ignore_label
         self.ignore_value = ignore_value
+        self.dataset_name = dataset_name
+        self.skip_unreadable = skip_unreadable
 
     @classmethod
     def from_config(cls, cfg, is_train=True, dataset_name=None):
@@ -97,17 +113,65 @@ class SemanticSegmentationMapper:
             "vocabulary": vocabulary,
             "dataset_ignore_label": dataset_ignore_label,
             "ignore_value": ignore_value,
+            "dataset_name": ", ".join(cfg.DATASETS.TRAIN) if is_train else dataset_name,
+            "skip_unreadable": cfg.DATALOADER.SKIP_CORRUPT_FILES,
         }
 
     def __call__(self, dataset_dict):
-        dataset_dict = copy.deepcopy(dataset_dict)
+        """The model input for ``dataset_dict``; an unreadable file is a one-line ``EscnetError``
+        naming the file and the dataset, or (``skip_unreadable``) a record marked as skipped."""
         try:
-            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        except OSError as err:
-            raise EscnetError(f"cannot read image {dataset_dict['file_name']}: {err}") from None
+            return self._map(dataset_dict)
+        except EscnetError as err:
+            if not self.skip_unreadable:
+                raise
+            return {
+                SKIPPED_KEY: str(err),
+                "file_name": dataset_dict.get("file_name", ""),
+                # Detectron2's aspect-ratio grouping reads these before escnet drops the record.
+                "height": dataset_dict.get("height", 0),
+                "width": dataset_dict.get("width", 0),
+            }
+
+    def _read_image(self, dataset_dict):
+        path = dataset_dict["file_name"]
+        dataset = dataset_dict.get("dataset_name", self.dataset_name)
+        try:
+            return utils.read_image(path, format=self.image_format)
+        except FileNotFoundError:
+            raise EscnetError(f"dataset {dataset!r}: image {path} is missing") from None
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated, corrupt or not an image
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EscnetError(f"dataset {dataset!r}: cannot read image {path} ({reason})") from None
+
+    def _check_label_readable(self, dataset_dict):
+        """At test time the evaluator reads the label: check now that it can (PNG checksums)."""
+        path = dataset_dict["sem_seg_file_name"]
+        dataset = dataset_dict.get("dataset_name", self.dataset_name)
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except FileNotFoundError:
+            raise EscnetError(f"dataset {dataset!r}: label map {path} is missing") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EscnetError(f"dataset {dataset!r}: cannot read label map {path} ({reason})") from None
+
+    def _read_labels(self, dataset_dict):
+        dataset = dataset_dict.get("dataset_name", self.dataset_name)
+        try:
+            return read_label_map(dataset_dict["sem_seg_file_name"])
+        except EscnetError as err:
+            raise EscnetError(f"dataset {dataset!r}: {err}") from None
+
+    def _map(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = self._read_image(dataset_dict)
         sem_seg = None
+        if "sem_seg_file_name" in dataset_dict and not self.is_train:
+            self._check_label_readable(dataset_dict)
         if "sem_seg_file_name" in dataset_dict and self.is_train:
-            labels = read_label_map(dataset_dict["sem_seg_file_name"])
+            labels = self._read_labels(dataset_dict)
             # float64 holds every label exactly and is resized with "nearest" by Detectron2.
             sem_seg = np.where(labels == self.dataset_ignore_label, self.ignore_value, labels).astype(np.float64)
             if sem_seg.shape != image.shape[:2]:
@@ -123,4 +187,5 @@ class SemanticSegmentationMapper:
         if aug_input.sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         dataset_dict["vocabulary"] = self.vocabulary
+        dataset_dict.setdefault("dataset_name", self.dataset_name)  # per-dataset protocols (CLIPer)
         return dataset_dict

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.io import save_image_atomic
+from ..utils.locking import create_once
 from .label_io import write_label_map
 
 # Class names: three background textures, then three foreground objects.
@@ -130,3 +131,19 @@ def generate_split(root, split, spec=None):
         image, labels = render_example(spec, i)
         save_image_atomic(os.path.join(image_dir, name), image)
         write_label_map(os.path.join(label_dir, name), labels)
+
+
+def generate_dataset(root):
+    """Write every split of ``SPLITS`` under ``root`` (idempotent, see ``generate_split``)."""
+    for split in SPLITS:
+        generate_split(root, split)
+
+
+def ensure_dataset(root, timeout=None):
+    """Generate the dataset under ``root`` once, however many processes ask at the same time.
+
+    The first caller generates it under a file lock next to ``root`` and then writes
+    ``root/.complete``; the others (other ranks, other runs sharing ``$DETECTRON2_DATASETS``)
+    wait for the lock, up to ``timeout`` seconds, and read the finished dataset.
+    """
+    create_once(root, generate_dataset, timeout)

@@ -4,7 +4,7 @@ import os
 import weakref
 from collections import OrderedDict
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
@@ -12,13 +12,13 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.build import check_dataset_registered, dataset_vocabulary
+from ..data.build import build_test_loader, build_train_loader, check_dataset_registered, dataset_vocabulary
 from ..data.dataset_mapper import SemanticSegmentationMapper
 from ..evaluation import build_evaluator
-from ..utils.errors import EscnetError
 from ..utils.io import write_json_atomic
 from .checkpoint import AtomicCheckpointer
 from .optimizer import build_optimizer
+from .setup import check_meta_architecture
 
 logger = logging.getLogger("escnet")
 
@@ -81,11 +81,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        from detectron2.modeling import META_ARCH_REGISTRY
-
-        if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
-            known = ", ".join(sorted(name for name, _ in META_ARCH_REGISTRY))
-            raise EscnetError(f"unknown MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}; known: {known}")
+        check_meta_architecture(cfg.MODEL.META_ARCHITECTURE)
         return super().build_model(cfg)
 
     @classmethod
@@ -98,15 +94,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
+        return build_train_loader(cfg, mapper=SemanticSegmentationMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_registered(dataset_name)
         mapper = SemanticSegmentationMapper(cfg, is_train=False, dataset_name=dataset_name)
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=mapper, batch_size=cfg.TEST.IMS_PER_BATCH
-        )
+        return build_test_loader(cfg, dataset_name, mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

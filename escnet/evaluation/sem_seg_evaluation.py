@@ -1,8 +1,21 @@
 """Semantic-segmentation evaluation: a confusion matrix accumulated per image, summed over processes.
 
-Metrics follow Detectron2's ``SemSegEvaluator`` definitions exactly (so numbers are comparable
-with CAT-Seg/SED/SAN papers), without keeping any per-image prediction: memory is one
-``K x K`` int64 matrix per process (5.7 MB for the 847 ADE classes).
+Metrics are those of the installed Detectron2's ``SemSegEvaluator`` (v0.6 and later, since its
+mid-2022 Boundary-IoU change), which CAT-Seg, SED and ESC-Net were evaluated with, so numbers are
+comparable with their papers:
+
+* per-class IoU and ACC exist only for classes present in the ground truth (NaN otherwise);
+* mIoU and mACC average over those classes only: a class that is predicted but absent from the
+  ground truth is left out of the mean (Detectron2 up to v0.6 counted it as 0, which lowers
+  mIoU on benchmarks where many classes are absent from the val set, e.g. ADE-847, PC-459);
+* fwIoU weighs each class's IoU by its share of labelled ground-truth pixels; pACC is the share
+  of labelled pixels predicted right. Pixels labelled ``ignore_label`` count nowhere;
+* with no labelled pixel at all, mIoU, mACC and pACC are NaN and fwIoU is 0, as in Detectron2.
+
+Unlike Detectron2 no per-image prediction is kept (memory is one ``K x K`` int64 matrix per
+process: 5.7 MB for the 847 ADE classes), and Detectron2's ``BoundaryIoU-*`` keys are not
+reported: Detectron2 computes them on a label map minus its erosion, i.e. on label differences
+rather than per-class boundaries, and no open-vocabulary paper reports them.
 """
 import itertools
 import logging
@@ -11,7 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
@@ -33,31 +46,31 @@ def confusion_matrix(gt, pred, num_classes, ignore_label):
 
 
 def segmentation_metrics(conf, class_names):
-    """mIoU, fwIoU, mACC, pACC (percent) and per-class IoU/ACC from a ``K x K`` confusion matrix.
+    """Detectron2's mIoU, fwIoU, per-class IoU, mACC, pACC, per-class ACC (percent, in its key order).
 
-    As in Detectron2: classes absent from the ground truth get no IoU/ACC entry (NaN), but a
-    class predicted without being present counts in the mIoU denominator.
+    ``conf`` is ``K x K`` counts ``[gt, pred]``; see the module docstring for the definitions.
     """
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
     pos_gt = conf.sum(axis=1)
     pos_pred = conf.sum(axis=0)
+    total = pos_gt.sum()
+    union = pos_gt + pos_pred - tp
     acc_valid = pos_gt > 0
-    iou_valid = (pos_gt + pos_pred) > 0
+    iou_valid = acc_valid & (union > 0)
     acc = np.full(len(tp), np.nan)
     iou = np.full(len(tp), np.nan)
     acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
-    union = pos_gt + pos_pred - tp
-    iou[acc_valid] = tp[acc_valid] / union[acc_valid]
-    total = pos_gt.sum()
+    iou[iou_valid] = tp[iou_valid] / union[iou_valid]
     weights = pos_gt / total if total > 0 else np.zeros_like(pos_gt)
+    nan = float("nan")
     results = OrderedDict()
-    results["mIoU"] = 100 * np.sum(iou[acc_valid]) / max(np.sum(iou_valid), 1)
-    results["fwIoU"] = 100 * np.sum(iou[acc_valid] * weights[acc_valid])
-    results["mACC"] = 100 * np.sum(acc[acc_valid]) / max(np.sum(acc_valid), 1)
-    results["pACC"] = 100 * np.sum(tp) / total if total > 0 else float("nan")
+    results["mIoU"] = 100 * (np.sum(iou[iou_valid]) / np.sum(iou_valid)) if iou_valid.any() else nan
+    results["fwIoU"] = 100 * np.sum(iou[iou_valid] * weights[iou_valid])
     for name, value in zip(class_names, iou):
         results[f"IoU-{name}"] = 100 * value
+    results["mACC"] = 100 * (np.sum(acc[acc_valid]) / np.sum(acc_valid)) if acc_valid.any() else nan
+    results["pACC"] = 100 * (np.sum(tp) / total) if total > 0 else nan
     for name, value in zip(class_names, acc):
         results[f"ACC-{name}"] = 100 * value
     return results
@@ -66,8 +79,11 @@ def segmentation_metrics(conf, class_names):
 class SemSegEvaluator(DatasetEvaluator):
     """Evaluate ``outputs[i]["sem_seg"]`` (``Nc x H x W`` scores) against the dataset's label files.
 
-    Ground truth is read from ``sem_seg_file_name`` at its stored resolution; predictions must
-    have that resolution (the model resizes to ``height`` x ``width``).
+    Each input's label file is its ``sem_seg_file_name`` when it has one (escnet's mapper keeps
+    it), else the dataset record's ``sem_seg_file_name`` for its ``file_name``, looked up in
+    ``DatasetCatalog`` like Detectron2 does (its standard test-time ``DatasetMapper`` drops the
+    key). Ground truth is read at its stored resolution; predictions must have that resolution
+    (the model resizes to ``height`` x ``width``).
     """
 
     def __init__(self, dataset_name, distributed=True, output_dir=None):
@@ -80,6 +96,7 @@ class SemSegEvaluator(DatasetEvaluator):
         self.num_classes = len(self.class_names)
         self._logger = logging.getLogger(__name__)
         self._conf = None
+        self._gt_file_by_image = None  # file_name -> sem_seg_file_name, read from DatasetCatalog when needed
 
     def _class_names(self, meta):
         return display_names(meta.stuff_classes)
@@ -102,12 +119,33 @@ class SemSegEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             pred = out["sem_seg"].argmax(dim=0).to(torch.int64).cpu().numpy()
-            gt = read_label_map(inp["sem_seg_file_name"])
+            gt_file = self.ground_truth_file(inp)
+            gt = read_label_map(gt_file)
             if gt.shape != pred.shape:
-                raise EscnetError(
-                    f"prediction {pred.shape} and label {gt.shape} differ in size for {inp['sem_seg_file_name']}"
-                )
+                raise EscnetError(f"prediction {pred.shape} and label {gt.shape} differ in size for {gt_file}")
             self._conf += confusion_matrix(gt, self.map_prediction(pred), self.num_classes, self.ignore_label)
+
+    def ground_truth_file(self, inp):
+        """The label file of one input: its ``sem_seg_file_name``, else its dataset record's."""
+        if "sem_seg_file_name" in inp:
+            return inp["sem_seg_file_name"]
+        if "file_name" not in inp:
+            raise EscnetError(
+                f"dataset {self.dataset_name!r}: an input has neither 'sem_seg_file_name' nor 'file_name'"
+            )
+        if self._gt_file_by_image is None:
+            self._gt_file_by_image = {
+                os.path.abspath(record["file_name"]): record["sem_seg_file_name"]
+                for record in DatasetCatalog.get(self.dataset_name)
+                if "sem_seg_file_name" in record
+            }
+        gt_file = self._gt_file_by_image.get(os.path.abspath(inp["file_name"]))
+        if gt_file is None:
+            raise EscnetError(
+                f"image {inp['file_name']} has no ground truth in dataset {self.dataset_name!r} "
+                "(no record with this file_name and a sem_seg_file_name)"
+            )
+        return gt_file
 
     def evaluate(self):
         conf = self._conf
@@ -148,6 +186,8 @@ class SemSegBackgroundEvaluator(SemSegEvaluator):
 
     Metadata ``background_class_index`` (b) gives the background's label in the ground truth;
     vocabulary entries b, b+1, ... all stand for background, so predictions >= b count as b.
+    The metrics are then Detectron2's over the b object classes plus "background" (the
+    background's IoU is in the mean), as CAT-Seg's and SED's PAS-20b evaluation computes them.
     """
 
     def _class_names(self, meta):

@@ -41,12 +41,13 @@ def is_config_file(model_name):
     return model_name.lower().endswith(".json")
 
 
-def resolve_model_config(model_name):
+def resolve_model_config(model_name, tower="vit"):
     """Return ``(config_name, model_cfg)`` for an open_clip name or a JSON config path.
 
     ``config_name`` is the open_clip name used to look up pretrained tags (the file path for
-    JSON configs, which have no tags). Only standard CLIP ViTs are supported (the dense path
-    reads the vision transformer's tokens).
+    JSON configs, which have no tags). ``tower`` is the image tower the caller reads densely:
+    ``"vit"`` (a standard CLIP ViT: ESC-Net reads its tokens) or ``"convnext"`` (a timm
+    ConvNeXt trunk: SED reads its stages).
     """
     import open_clip
 
@@ -69,7 +70,7 @@ def resolve_model_config(model_name):
                 f"use a name from open_clip.list_models() or a JSON model-config path"
             )
         model_cfg = copy.deepcopy(model_cfg)
-    _check_supported(model_cfg, model_name)
+    _check_supported(model_cfg, model_name, tower)
     return config_name, model_cfg
 
 
@@ -80,11 +81,19 @@ def _find_config_file(model_name):
     raise EscnetError(f"CLIP model config file not found: {model_name!r} (MODEL.ESCNET.CLIP_MODEL)")
 
 
-def _check_supported(model_cfg, model_name):
+def _check_supported(model_cfg, model_name, tower="vit"):
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in model_cfg]
     if missing:
         raise EscnetError(f"CLIP model config {model_name!r} lacks {', '.join(missing)}")
     vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    if tower == "convnext":
+        trunk = str(vision_cfg.get("timm_model_name", ""))
+        if "convnext" not in trunk or "hf_model_name" in text_cfg or model_cfg.get("custom_text", False):
+            raise EscnetError(
+                f"CLIP model {model_name!r} is not supported: SED needs a ConvNeXt CLIP (open_clip's timm "
+                f"tower with a timm ConvNeXt trunk, e.g. convnext_base_w_320) and its own text transformer"
+            )
+        return
     unsupported = (
         "timm_model_name" in vision_cfg
         or "hf_model_name" in text_cfg
@@ -258,25 +267,25 @@ def _tag_source(tag_cfg, cache_dir):
     }
 
 
-def build_clip_model(model_name, pretrained, *, offline=False, cache_dir="", load_weights=True):
+def build_clip_model(model_name, pretrained, *, offline=False, cache_dir="", load_weights=True, tower="vit"):
     """Build the open_clip ``CLIP`` model named by the config and load its weights.
 
     The checkpoint is resolved before the model is built, so a missing weight fails fast.
     With ``load_weights=False`` (a trained escnet checkpoint will overwrite every tensor) no
     file is looked up, but ``pretrained`` still decides the architecture (QuickGELU, mean/std).
-    Returns ``(model, info)`` as ``clip_architecture``.
+    Returns ``(model, info)`` as ``clip_architecture``; ``tower`` as ``resolve_model_config``.
     """
     checkpoint = None
     if load_weights:
-        config_name, _ = resolve_model_config(model_name)
+        config_name, _ = resolve_model_config(model_name, tower)
         checkpoint = resolve_checkpoint(model_name, config_name, pretrained, offline=offline, cache_dir=cache_dir)
-    model, info = clip_architecture(model_name, pretrained)
+    model, info = clip_architecture(model_name, pretrained, tower)
     if checkpoint is not None:
         load_clip_checkpoint(model, checkpoint)
     return model, info
 
 
-def clip_architecture(model_name, pretrained):
+def clip_architecture(model_name, pretrained, tower="vit"):
     """The randomly initialised open_clip ``CLIP`` for ``model_name``, set up for ``pretrained``.
 
     The activation follows ``use_quick_gelu`` (QuickGELU for OpenAI weights). Returns
@@ -286,7 +295,7 @@ def clip_architecture(model_name, pretrained):
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    config_name, model_cfg = resolve_model_config(model_name)
+    config_name, model_cfg = resolve_model_config(model_name, tower)
     tag_cfg = pretrained_tag_config(config_name, pretrained)
     quick_gelu = use_quick_gelu(model_cfg, tag_cfg)
     model_cfg["quick_gelu"] = quick_gelu

@@ -11,10 +11,17 @@ def datasets_root():
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
+def is_hidden_file(name):
+    """True for hidden names (leading dot): lock files, completion markers, and the temporary
+    files of ``escnet.utils.io.atomic_path`` that another process is still writing."""
+    return name.startswith(".")
+
+
 def list_sem_seg_pairs(image_dir, gt_dir, image_ext, gt_ext, dataset_name, prepare_hint):
     """Pair ``image_dir/<stem><image_ext>`` with ``gt_dir/<stem><gt_ext>`` for every label file.
 
-    Returns Detectron2 dicts ``{"file_name", "sem_seg_file_name"}`` sorted by stem. Raises
+    Returns Detectron2 dicts ``{"file_name", "sem_seg_file_name", "dataset_name"}`` sorted by stem;
+    hidden files (temporary files being written, lock files) are ignored. Raises
     ``EscnetError`` naming ``prepare_hint`` when a folder is missing or empty, or an image is
     missing for a label.
     """
@@ -23,7 +30,7 @@ def list_sem_seg_pairs(image_dir, gt_dir, image_ext, gt_ext, dataset_name, prepa
             raise EscnetError(
                 f"dataset '{dataset_name}': folder {folder} is missing; {prepare_hint}"
             )
-    stems = sorted(f[: -len(gt_ext)] for f in os.listdir(gt_dir) if f.endswith(gt_ext))
+    stems = sorted(f[: -len(gt_ext)] for f in os.listdir(gt_dir) if f.endswith(gt_ext) and not is_hidden_file(f))
     if not stems:
         raise EscnetError(f"dataset '{dataset_name}': no *{gt_ext} labels in {gt_dir}; {prepare_hint}")
     records = []
@@ -31,7 +38,9 @@ def list_sem_seg_pairs(image_dir, gt_dir, image_ext, gt_ext, dataset_name, prepa
         image = os.path.join(image_dir, stem + image_ext)
         if not os.path.isfile(image):
             raise EscnetError(f"dataset '{dataset_name}': image {image} is missing for its label")
-        records.append({"file_name": image, "sem_seg_file_name": os.path.join(gt_dir, stem + gt_ext)})
+        records.append(
+            {"file_name": image, "sem_seg_file_name": os.path.join(gt_dir, stem + gt_ext), "dataset_name": dataset_name}
+        )
     return records
 
 

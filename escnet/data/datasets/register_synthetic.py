@@ -1,8 +1,11 @@
-"""Register the built-in synthetic dataset (``synthetic_shapes_{train,val}``), generated on first use."""
+"""Register the built-in synthetic dataset (``synthetic_shapes_{train,val}``), generated on first use.
+
+Generation happens once, under a file lock, even when several processes load it at once.
+"""
 import functools
 import os
 
-from ..synthetic import IGNORE_LABEL, SPLITS, SYNTHETIC_CLASSES, generate_split, split_dirs
+from ..synthetic import IGNORE_LABEL, SPLITS, SYNTHETIC_CLASSES, ensure_dataset, split_dirs
 from .common import datasets_root, register_sem_seg_dataset
 
 SYNTHETIC_FOLDER = "synthetic_shapes"
@@ -23,7 +26,7 @@ def register_synthetic(root):
             image_ext=".png",
             gt_ext=".png",
             prepare_hint="it is generated on first use",
-            before_load=functools.partial(generate_split, folder, split),
+            before_load=functools.partial(ensure_dataset, folder),
             benchmark_name=f"Synthetic-{split}",
         )
 

@@ -10,14 +10,15 @@ positional embedding is resized once at build time) and returns
     listed in ``intermediate_layers`` (0-based block indices), for the decoder's skips.
 
 Text side: ``encode_text(vocabulary)`` returns ``Nc x C`` L2-normalised class embeddings:
-each prompt (template x synonym) is encoded by open_clip's ``encode_text`` and normalised,
-the prompts of a class are averaged and the mean is normalised again.
+each prompt (template x synonym) is encoded by the text tower (``text_encoder.encode_prompts``)
+and normalised, the prompts of a class are averaged and the mean is normalised again. Results are
+cached in memory and, with ``MODEL.TEXT_CACHE.ENABLED``, on disk (``TextFeatureStore``).
 
 Fine-tuning (``finetune``): ``"attention"`` (ESC-Net / CAT-Seg: only the attention layers of
 both towers train), ``"none"`` or ``"full"``. ``logit_scale`` is never trained (unused here).
 Every parameter of this module belongs to the optimizer's ``"clip"`` group.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +28,14 @@ from detectron2.config import configurable
 from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from ..clip_weights import build_clip_model, offline_mode, resize_grid_embedding
-from ..text_encoder import TextFeatureCache, build_tokenizer, encode_class_texts, validate_templates
+from ..text_encoder import (
+    TextFeatureCache,
+    TextFeatureStore,
+    build_tokenizer,
+    encode_class_texts,
+    text_feature_store,
+    validate_templates,
+)
 
 FINETUNE_MODES = ("attention", "none", "full")
 
@@ -62,6 +70,7 @@ class CLIPEncoder(nn.Module):
         cache_dir: str = "",
         text_chunk_size: int = 1024,
         text_cache_size: int = 8,
+        text_store: Optional[TextFeatureStore] = None,
         load_pretrained: bool = True,
     ):
         """
@@ -77,6 +86,7 @@ class CLIPEncoder(nn.Module):
             cache_dir: weight cache folder (empty: open_clip's / Hugging Face's defaults).
             text_chunk_size: prompts encoded per text-encoder call.
             text_cache_size: vocabularies whose text features are kept (eval mode).
+            text_store: on-disk text-feature cache (``MODEL.TEXT_CACHE``); None: memory only.
             load_pretrained: load ``pretrained``'s weights; False when a trained escnet
                 checkpoint (``MODEL.WEIGHTS``) will replace them (no download needed).
         """
@@ -111,6 +121,8 @@ class CLIPEncoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(info["std"]).view(3, 1, 1) * 255.0, persistent=False)
 
         self.tokenizer = build_tokenizer(self.clip)
+        self.model_name = model_name
+        self.text_store = text_store
         self.text_chunk_size = int(text_chunk_size)
         self._templates = validate_templates(templates)
         # (vocabulary, templates, device, dtype, autocast) -> Nc x C; bounded, least recently used dropped.
@@ -131,6 +143,7 @@ class CLIPEncoder(nn.Module):
             "cache_dir": e.CLIP_CACHE_DIR,
             "text_chunk_size": e.CLIP_TEXT_CHUNK_SIZE,
             "text_cache_size": e.CLIP_TEXT_CACHE_SIZE,
+            "text_store": text_feature_store(cfg),
             "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
 
@@ -248,8 +261,17 @@ class CLIPEncoder(nn.Module):
             p.requires_grad for n, p in self.clip.named_parameters() if not n.startswith("visual.")
         )
 
-    def _compute_text_features(self, vocabulary):
+    def compute_text_features(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        """``Nc x C`` class embeddings of ``vocabulary`` computed afresh (no cache; for timing)."""
+        vocabulary = validate_vocabulary(vocabulary)
         return encode_class_texts(self.clip, self.tokenizer, vocabulary, self._templates, self.text_chunk_size)
+
+    def _compute_text_features(self, vocabulary):
+        """Memory-cache miss: the on-disk store (``MODEL.TEXT_CACHE``) or the text tower."""
+        return encode_class_texts(
+            self.clip, self.tokenizer, vocabulary, self._templates, self.text_chunk_size,
+            store=self.text_store, model_name=self.model_name,
+        )
 
 
 def _tokens_to_grid(tokens, grid_size):

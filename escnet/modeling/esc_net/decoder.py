@@ -44,17 +44,27 @@ class UpsamplingDecoder(nn.Module):
     def num_stages(self):
         return len(self.class_convs)
 
-    def forward(self, class_features: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
-        """``skips``: at least ``num_stages`` maps; the last ``num_stages`` are used, deepest first."""
-        b, nc, dim, h, w = class_features.shape
-        x = class_features.reshape(b * nc, dim, h, w)
+    def skip_guides(self, skips: List[torch.Tensor], grid_size) -> List[torch.Tensor]:
+        """The skip half of every stage's conv, once per image: ``B x D_k x 2^k h x 2^k w``.
+
+        ``skips``: at least ``num_stages`` maps; the last ``num_stages`` are used, deepest first.
+        """
         used = list(reversed(skips[len(skips) - self.num_stages:]))
-        for skip, proj, class_conv, skip_conv, norm in zip(
-            used, self.skip_projs, self.class_convs, self.skip_convs, self.norms
-        ):
+        guides = []
+        size = tuple(grid_size)
+        for skip, proj, skip_conv in zip(used, self.skip_projs, self.skip_convs):
+            size = (size[0] * 2, size[1] * 2)
+            guides.append(skip_conv(F.interpolate(proj(skip), size=size, mode="bilinear", align_corners=False)))
+        return guides
+
+    def forward(self, class_features: torch.Tensor, guides: List[torch.Tensor], grid_size) -> torch.Tensor:
+        """``B x c x hw x E`` token-major class features (a chunk of classes), :meth:`skip_guides`
+        -> ``B x c x 2^K h x 2^K w`` logits."""
+        b, nc, _, dim = class_features.shape
+        x = class_features.reshape(b * nc, *grid_size, dim).permute(0, 3, 1, 2)  # channels-last NCHW view
+        for guide, class_conv, norm in zip(guides, self.class_convs, self.norms):
             size = (x.shape[-2] * 2, x.shape[-1] * 2)
             x = class_conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-            guide = skip_conv(F.interpolate(proj(skip), size=size, mode="bilinear", align_corners=False))
             x = norm((x.view(b, nc, *x.shape[1:]) + guide.unsqueeze(1)).flatten(0, 1))
         logits = self.head(x)
         return logits.view(b, nc, logits.shape[-2], logits.shape[-1])

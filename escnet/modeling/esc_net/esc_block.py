@@ -3,12 +3,24 @@
 Inputs and outputs of block k (``B`` images, ``Nc`` classes, grid ``h x w``):
   * image features ``B x Din x h x w`` (block 1: CLIP's dense features) -> ``F_v'``,
     ``B x E x h x w``;
-  * class features ``B x Nc x E x h x w`` (block 1: the embedded correlation) -> refined;
+  * class features ``B x Nc x hw x E`` (token-major; block 1: the embedded correlation) ->
+    refined;
   * class maps ``B x Nc x h x w`` (block 1: the correlation) -> the next block's maps.
 With no SAM block (``SAM_INIT: none``) ``F_v'`` is a 1x1 projection of the image features.
+
+Classes run in chunks of ``chunk_size`` through every per-class stage (PPG, SAM step, VLF);
+the only sums over classes (the SAM outputs' weighted mean, the class attention's sums over the
+text features) are accumulated over chunks or computed once, so the result is the same for any
+chunk size and the memory of the per-class stages is bounded by the chunk.
 """
 import torch
 from torch import nn
+
+
+def class_chunks(num_classes: int, chunk_size: int):
+    """``slice`` objects covering ``range(num_classes)`` in pieces of ``chunk_size`` (0: one piece)."""
+    step = chunk_size if chunk_size > 0 else max(num_classes, 1)
+    return [slice(start, min(start + step, num_classes)) for start in range(0, num_classes, step)]
 
 
 class ESCBlock(nn.Module):
@@ -33,15 +45,44 @@ class ESCBlock(nn.Module):
         self.prompt_types = tuple(prompt_types)
         self.class_weight_temperature = float(class_weight_temperature)
 
-    def forward(self, image, text, class_features, class_maps, prompt_encoder):
-        """See the module docstring; ``prompt_encoder`` is the shared :class:`SamPromptEncoder`."""
+    def forward(self, image, text, class_features, class_maps, prompt_encoder, chunk_size=0, vocabulary_text=None):
+        """See the module docstring.
+
+        Args:
+            text: ``Nc x Ct`` text features of the classes in ``class_features``.
+            prompt_encoder: the shared :class:`SamPromptEncoder` (None without SAM).
+            chunk_size: classes per chunk (0: all at once).
+            vocabulary_text: text features whose set the class attention attends to
+                (default ``text``; with category early rejection: the whole vocabulary).
+        Returns:
+            ``(F_v' B x E x h x w, class features B x Nc x hw x E, maps B x Nc x h x w)``.
+        """
         refined_image = self.image_skip(image)
+        chunks = class_chunks(text.shape[0], chunk_size)
         if self.sam is not None:
-            b, nc, h, w = class_maps.shape
-            prompts = self.prompt_generator(class_maps.reshape(b * nc, h, w))
-            sparse, dense = prompt_encoder.embed_pseudo_prompts(prompts, self.prompt_types)
-            weights = torch.softmax(class_maps / self.class_weight_temperature, dim=1)
-            refined_image = refined_image + self.sam(
-                image, text, sparse, dense, prompt_encoder.get_dense_pe(), weights
-            )
-        return (refined_image,) + self.fusion(class_features, refined_image, text, class_maps)
+            refined_image = refined_image + self._sam_step(image, text, class_maps, prompt_encoder, chunks)
+        guidance = self.fusion.image_guidance(refined_image)
+        summary = self.fusion.class_attention.text_summary(text if vocabulary_text is None else vocabulary_text)
+        features, maps = [], []
+        for chunk in chunks:
+            f, m = self.fusion(class_features[:, chunk], guidance, summary, class_maps[:, chunk])
+            features.append(f)
+            maps.append(m)
+        if len(chunks) == 1:
+            return refined_image, features[0], maps[0]
+        return refined_image, torch.cat(features, dim=1), torch.cat(maps, dim=1)
+
+    def _sam_step(self, image, text, class_maps, prompt_encoder, chunks):
+        """``B x Dout x h x w``: the SAM outputs of all classes, fused (accumulated over chunks)."""
+        b, nc, h, w = class_maps.shape
+        weights = torch.softmax(class_maps / self.class_weight_temperature, dim=1).flatten(2)  # B x Nc x hw
+        image_tokens = self.sam.image_tokens(image)
+        key_pe = self.sam.key_pe(prompt_encoder.get_dense_pe())
+        summed = None
+        for chunk in chunks:
+            maps = class_maps[:, chunk]
+            prompts = self.prompt_generator(maps.reshape(-1, h, w))
+            sparse, dense = prompt_encoder.embed_pseudo_prompt_tokens(prompts, self.prompt_types)
+            part = self.sam.weighted_keys(image_tokens, text[chunk], sparse, dense, key_pe, weights[:, chunk])
+            summed = part if summed is None else summed + part
+        return self.sam.fuse_keys(summed, (h, w))

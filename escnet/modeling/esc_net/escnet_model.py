@@ -27,7 +27,7 @@ from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from .clip_encoder import CLIPEncoder
 from .decoder import UpsamplingDecoder
-from .esc_block import ESCBlock
+from .esc_block import ESCBlock, class_chunks
 from .prompt_generator import PseudoPromptGenerator
 from .sam_blocks import PROMPT_TYPES, SamClassBlock, SamPromptEncoder, load_sam_checkpoint
 from .vlf import VisionLanguageFusion
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 SAM_INIT_MODES = ("pretrained", "random", "none")
 SAM_DECODER_DEPTH = 2  # two-way transformer layers in SAM's mask decoder (all SAM variants)
 SAM_LAYER_PREFIX = "mask_decoder.transformer.layers."
+# Logit of a class removed by category early rejection: exp underflows to exactly 0 in float32
+# (and bfloat16) softmax next to any kept class, and sums over a few sliding views stay finite.
+REJECTED_LOGIT = -1e4
 
 
 @META_ARCH_REGISTRY.register()
@@ -77,6 +80,10 @@ class ESCNet(nn.Module):
         sliding_overlap: float = 0.333,
         sliding_batch: int = 4,
         load_pretrained: bool = True,
+        class_chunk_size: int = 0,
+        cer_enabled: bool = False,
+        cer_top_k: int = 8,
+        cer_after_block: int = 1,
     ):
         """Keyword arguments mirror the ``MODEL.ESCNET.*`` keys (see escnet/config.py).
 
@@ -84,6 +91,8 @@ class ESCNet(nn.Module):
         (None: such inputs raise ``EscnetError`` with ``vocabulary_error``).
         ``load_pretrained``: load the SAM checkpoint (and CLIP weights, via ``clip_encoder``);
         False when ``MODEL.WEIGHTS`` is set, so trained models need no download.
+        ``class_chunk_size``: classes per chunk through the per-class stages (0: all at once).
+        ``cer_*``: category early rejection at inference (``MODEL.ESCNET.CER.*``).
         """
         super().__init__()
         prompt_types = tuple(t.lower() for t in prompt_types)
@@ -104,6 +113,14 @@ class ESCNet(nn.Module):
             )
         if input_format not in ("RGB", "BGR"):
             raise EscnetError(f"INPUT.FORMAT={input_format!r}: ESC-Net takes RGB or BGR images")
+        if class_chunk_size < 0:
+            raise EscnetError(f"MODEL.ESCNET.CLASS_CHUNK_SIZE must be >= 0 (0: all classes at once), got {class_chunk_size}")
+        if cer_top_k < 1:
+            raise EscnetError(f"MODEL.ESCNET.CER.TOP_K must be >= 1, got {cer_top_k}")
+        if not 0 <= cer_after_block < num_blocks:
+            raise EscnetError(
+                f"MODEL.ESCNET.CER.AFTER_BLOCK={cer_after_block}: use 0 (CLIP correlation) .. {num_blocks - 1}"
+            )
         if not 0.0 <= sliding_overlap < 1.0:
             raise EscnetError(f"TEST.SLIDING_OVERLAP must be in [0, 1), got {sliding_overlap}")
 
@@ -167,6 +184,10 @@ class ESCNet(nn.Module):
         if sliding_batch < 1:
             raise EscnetError(f"TEST.SLIDING_BATCH must be positive, got {sliding_batch}")
         self.sliding_batch = int(sliding_batch)
+        self.class_chunk_size = int(class_chunk_size)
+        self.cer_enabled = bool(cer_enabled)
+        self.cer_top_k = int(cer_top_k)
+        self.cer_after_block = int(cer_after_block)
 
     @classmethod
     def from_config(cls, cfg):
@@ -210,6 +231,10 @@ class ESCNet(nn.Module):
             "sliding_batch": cfg.TEST.SLIDING_BATCH,
             # A trained checkpoint (MODEL.WEIGHTS) replaces every CLIP and SAM tensor.
             "load_pretrained": not cfg.MODEL.WEIGHTS,
+            "class_chunk_size": e.CLASS_CHUNK_SIZE,
+            "cer_enabled": e.CER.ENABLED,
+            "cer_top_k": e.CER.TOP_K,
+            "cer_after_block": e.CER.AFTER_BLOCK,
         }
 
     # ------------------------------------------------------------------ parameters
@@ -232,6 +257,20 @@ class ESCNet(nn.Module):
     def device(self):
         return self.correlation_embed.weight.device
 
+    # ------------------------------------------------------------------ speed yardstick (tools/benchmark.py)
+    @property
+    def yardstick_input_size(self):
+        """``(H, W)`` at which ``run_yardstick`` runs: the CLIP input size."""
+        return self.input_size
+
+    def run_yardstick(self, images: torch.Tensor) -> torch.Tensor:
+        """The CLIP image encoder alone (open_clip ``encode_image``) on ``B x 3 x H x W`` normalised images."""
+        return self.clip_encoder.clip.encode_image(images)
+
+    def encode_vocabulary(self, vocabulary) -> torch.Tensor:
+        """``Nc x C`` text features of ``vocabulary`` computed afresh (no cache; for timing)."""
+        return self.clip_encoder.compute_text_features(vocabulary)
+
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs):
         """Model contract of docs/architecture.md (training: losses; inference: probabilities)."""
@@ -246,19 +285,63 @@ class ESCNet(nn.Module):
         return self._infer_global(batched_inputs, text)
 
     def predict_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x S x S`` normalised images, ``Nc x C`` text features -> ``B x Nc x S x S`` logits."""
+        """``B x 3 x S x S`` normalised images, ``Nc x C`` text features -> ``B x Nc x S x S`` logits.
+
+        With category early rejection (``MODEL.ESCNET.CER``, inference only) rejected classes
+        get the logit ``REJECTED_LOGIT`` (probability 0).
+        """
+        logits = None
+        for classes, chunk in self.class_logit_chunks(images, text):
+            if logits is None:
+                logits = chunk.new_full((chunk.shape[0], text.shape[0], *chunk.shape[2:]), REJECTED_LOGIT)
+            logits[:, classes] = chunk
+        return logits
+
+    def class_logit_chunks(self, images: torch.Tensor, text: torch.Tensor):
+        """Yield ``(class indices, B x c x S x S logits)`` chunk by chunk (``CLASS_CHUNK_SIZE``).
+
+        Every class not yielded is rejected (category early rejection); without it the chunks
+        cover ``range(Nc)`` in order. Memory beyond the ``B x Nc x hw x E`` class features is
+        bounded by the chunk size.
+        """
         dense, intermediates = self.clip_encoder.encode_image_dense(images)
         text = text.to(dense.dtype)
         correlation = torch.einsum("bchw,nc->bnhw", F.normalize(dense, dim=1), F.normalize(text, dim=-1))
         b, nc, h, w = correlation.shape
-        class_features = self.correlation_embed(correlation.reshape(b * nc, 1, h, w)).view(b, nc, -1, h, w)
+        # the 1 -> E 1x1 conv, token-major: B x Nc x hw x E
+        embed = self.correlation_embed
+        class_features = torch.addcmul(
+            embed.bias, correlation.flatten(2).unsqueeze(-1), embed.weight.view(-1)
+        )
         image_features, class_maps = dense, correlation
-        for block in self.blocks:
+        kept = torch.arange(nc, device=correlation.device)
+        vocabulary_text, block_text = text, text
+        reject = (not self.training) and self.cer_enabled
+        if reject and self.cer_after_block == 0:
+            kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
+        for index, block in enumerate(self.blocks):
             image_features, class_features, class_maps = block(
-                image_features, text, class_features, class_maps, self.prompt_encoder
+                image_features, block_text, class_features, class_maps, self.prompt_encoder,
+                self.class_chunk_size, vocabulary_text,
             )
-        logits = self.decoder(class_features, intermediates)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            if reject and index + 1 == self.cer_after_block:
+                kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
+        guides = self.decoder.skip_guides(intermediates, (h, w))
+        for chunk in class_chunks(kept.numel(), self.class_chunk_size):
+            logits = self.decoder(class_features[:, chunk], guides, (h, w))
+            yield kept[chunk], F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _reject(self, kept, class_maps, class_features, text):
+        """Category early rejection: keep the union over pixels (and images) of each pixel's
+        ``CER.TOP_K`` highest-scoring classes of ``class_maps`` (``B x n x h x w``)."""
+        k = min(self.cer_top_k, class_maps.shape[1])
+        top = class_maps.flatten(2).topk(k, dim=1).indices  # B x k x hw
+        chosen = torch.zeros(class_maps.shape[1], dtype=torch.bool, device=class_maps.device)
+        chosen[top.flatten()] = True
+        index = chosen.nonzero().flatten()
+        if index.numel() == class_maps.shape[1]:
+            return kept, class_features, class_maps, text[kept]
+        return kept[index], class_features[:, index], class_maps[:, index], text[kept[index]]
 
     # ------------------------------------------------------------------ helpers
     def _vocabulary(self, batched_inputs):

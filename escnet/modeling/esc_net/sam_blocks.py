@@ -72,7 +72,16 @@ class SamPromptEncoder(PromptEncoder):
             module.requires_grad_(False)
 
     def embed_pseudo_prompts(self, prompts, prompt_types):
-        """Pseudo prompts -> SAM embeddings.
+        """Pseudo prompts -> SAM embeddings (dense in SAM's ``N x E x h x w`` layout).
+
+        Same as :meth:`embed_pseudo_prompt_tokens` with ``dense`` as ``N x E x h x w``.
+        """
+        sparse, dense = self.embed_pseudo_prompt_tokens(prompts, prompt_types)
+        h, w = self.image_embedding_size
+        return sparse, dense.transpose(1, 2).reshape(dense.shape[0], -1, h, w)
+
+    def embed_pseudo_prompt_tokens(self, prompts, prompt_types):
+        """Pseudo prompts -> SAM embeddings, the dense one token-major.
 
         Args:
             prompts: :class:`PseudoPrompts` of ``N`` maps with ``R`` regions on the grid.
@@ -81,8 +90,10 @@ class SamPromptEncoder(PromptEncoder):
             sparse: ``N x T x E`` tokens: R point tokens (+1 padding token when there are no
                 boxes, as SAM does), then 2R box-corner tokens; invalid (empty) regions give
                 SAM's ``not_a_point`` token. ``T`` may be 0.
-            dense: ``N x E x h x w``: the foreground mask through SAM's mask path, or SAM's
-                ``no_mask`` embedding (no mask prompt, or an empty foreground).
+            dense: ``N x hw x E`` (grid row-major): the foreground mask through SAM's mask
+                path, or SAM's ``no_mask`` embedding (no mask prompt, or an empty foreground).
+                The mask path's last layer (a 1x1 conv) runs as a linear map on the
+                token-major low-channel features, so no ``E``-channel map is transposed.
         """
         weight = self.not_a_point_embed.weight  # 1 x E
         n, num_regions = prompts.valid.shape
@@ -106,13 +117,17 @@ class SamPromptEncoder(PromptEncoder):
         sparse = torch.cat(tokens, dim=1)
 
         h, w = self.image_embedding_size
-        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+        no_mask = self.no_mask_embed.weight.view(1, 1, -1).expand(n, h * w, -1)
         if "mask" not in prompt_types:
             return sparse, no_mask
         foreground = prompts.foreground.to(weight.dtype).unsqueeze(1)  # N x 1 x h x w
         masks = F.interpolate(foreground, size=self.mask_input_size, mode="nearest")
-        dense = self.mask_downscaling(masks)
-        has_mask = prompts.valid.any(dim=1).view(n, 1, 1, 1)
+        *layers, last = self.mask_downscaling
+        low = masks
+        for layer in layers:
+            low = layer(low)  # ends N x c x h x w, c = mask_in_chans
+        dense = F.linear(low.flatten(2).transpose(1, 2), last.weight.flatten(1), last.bias)  # N x hw x E
+        has_mask = prompts.valid.any(dim=1).view(n, 1, 1)
         # Under autocast ``dense`` is low precision: keep it so (no full-size fp32 copy).
         return sparse, torch.where(has_mask, dense, no_mask.to(dense.dtype))
 
@@ -155,7 +170,8 @@ class SamClassBlock(nn.Module):
         self.fuse = nn.Linear(sam_dim, out_dim)  # the shared per-class 1x1 conv
 
     def forward(self, image, text, sparse, dense, dense_pe, class_weights):
-        """
+        """All classes at once (see :meth:`weighted_keys` for the chunked form).
+
         Args:
             image: ``B x Din x h x w`` image features.
             text: ``Nc x Ct`` class text features.
@@ -167,17 +183,51 @@ class SamClassBlock(nn.Module):
             ``B x Dout x h x w`` fused refined image features.
         """
         b, _, h, w = image.shape
+        dense_tokens = dense.flatten(2).transpose(1, 2)
+        summed = self.weighted_keys(
+            self.image_tokens(image), text, sparse, dense_tokens, self.key_pe(dense_pe), class_weights.flatten(2)
+        )
+        return self.fuse_keys(summed, (h, w))
+
+    def image_tokens(self, image):
+        """``B x Din x h x w`` -> ``B x hw x E`` projected image tokens (once per image)."""
+        return self.image_proj(image).flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def key_pe(dense_pe):
+        """``1 x E x h x w`` SAM grid positional encoding -> ``1 x hw x E``."""
+        return dense_pe.flatten(2).transpose(1, 2)
+
+    def weighted_keys(self, image_tokens, text, sparse, dense_tokens, key_pe, class_weights):
+        """Refined image tokens of a chunk of ``c`` classes, summed over them with their weights.
+
+        Args:
+            image_tokens: ``B x hw x E`` from :meth:`image_tokens`.
+            text: ``c x Ct`` text features of the chunk's classes.
+            sparse: ``(B*c) x T x E`` prompt tokens (image-major).
+            dense_tokens: ``(B*c) x hw x E`` dense prompt embeddings.
+            key_pe: ``1 x hw x E`` from :meth:`key_pe`.
+            class_weights: ``B x c x hw``, the chunk's share of weights summing to 1 over all classes.
+        Returns:
+            ``B x hw x E``: ``sum_n w_n (F_v^n)'`` over the chunk (sums over chunks add up).
+        """
+        b, hw, dim = image_tokens.shape
         nc = text.shape[0]
-        image_tokens = self.image_proj(image).unsqueeze(1) + dense.view(b, nc, -1, h, w)
-        keys = image_tokens.flatten(3).transpose(2, 3).reshape(b * nc, h * w, -1)  # (B*Nc) x hw x E
-        key_pe = dense_pe.flatten(2).transpose(1, 2).to(keys.dtype)  # 1 x hw x E
-        text_token = self.text_proj(text).unsqueeze(1).repeat(b, 1, 1)  # (B*Nc) x 1 x E
+        keys = (image_tokens.unsqueeze(1) + dense_tokens.view(b, nc, hw, dim)).view(b * nc, hw, dim)
+        text_token = self.text_proj(text).unsqueeze(1).repeat(b, 1, 1)  # (B*c) x 1 x E
         queries = torch.cat([text_token, sparse.to(text_token.dtype)], dim=1)
-        _, keys = self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe)
-        weights = class_weights.flatten(2).unsqueeze(-1).to(keys.dtype)  # B x Nc x hw x 1
-        # shared linear map then weighted mean == weighted mean then the linear map (weights sum to 1)
-        fused = self.fuse((keys.view(b, nc, h * w, -1) * weights).sum(dim=1))  # B x hw x Dout
-        return fused.transpose(1, 2).reshape(b, -1, h, w)
+        _, keys = self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe.to(keys.dtype))
+        weights = class_weights.unsqueeze(-1).to(keys.dtype)  # B x c x hw x 1
+        return (keys.view(b, nc, hw, dim) * weights).sum(dim=1)
+
+    def fuse_keys(self, summed, grid_size):
+        """``B x hw x E`` weighted sum over all classes -> ``B x Dout x h x w``.
+
+        The shared linear map after the weighted mean equals the weighted mean of the mapped
+        maps (the weights sum to 1).
+        """
+        fused = self.fuse(summed)  # B x hw x Dout
+        return fused.transpose(1, 2).reshape(fused.shape[0], -1, *grid_size)
 
 
 # ---------------------------------------------------------------------- checkpoint loading

@@ -1,0 +1,86 @@
+"""tools/benchmark.py on the tiny config: the JSON report's schema and values, the table."""
+import json
+import os
+
+import pytest
+
+from conftest import REPO, TINY_CONFIG, run_cli, tiny_cfg
+
+NUM_CLASSES = (3, 5)
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("benchmark") / "report.json")
+    result = run_cli(
+        [
+            os.path.join("tools", "benchmark.py"),
+            "--config-file", TINY_CONFIG,
+            "--num-classes", ",".join(map(str, NUM_CLASSES)),
+            "--sizes", "64,48x80",
+            "--warmup", "1", "--repeats", "2", "--device", "cpu",
+            "--output", output,
+        ],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output) as f:
+        return json.load(f), result.stdout
+
+
+def test_report_schema_and_values(benchmark_run):
+    report, _ = benchmark_run
+    assert report["schema"] == "escnet-benchmark/1"
+    assert report["meta_architecture"] == "ESCNet" and report["device"] == "cpu"
+    assert report["precision"] == "fp32" and report["threads"] == 2 and report["repeats"] == 2
+
+    yardstick = report["yardstick"]
+    assert yardstick["input_size"] == [64, 64]
+    assert len(yardstick["times_s"]) == 2
+    assert 0 < yardstick["min_s"] <= yardstick["median_s"]
+
+    cases = report["cases"]
+    assert [(c["image_size"], c["num_classes"]) for c in cases] == [
+        ([48, 80], 3), ([48, 80], 5), ([64, 64], 3), ([64, 64], 5)  # smallest image first
+    ]
+    for case in cases:
+        assert case["view"] == "single" and len(case["times_s"]) == 2
+        assert 0 < case["min_s"] <= case["median_s"] <= max(case["times_s"])
+        assert case["ratio_to_yardstick"] == pytest.approx(case["median_s"] / yardstick["median_s"])
+        # peak RSS of the process: at least the memory in use when the case started (> 100 MB with torch)
+        assert case["memory_kind"] == "rss"
+        assert case["peak_memory_bytes"] >= case["start_memory_bytes"] > 100 * 2**20
+
+    assert [t["num_classes"] for t in report["text"]] == list(NUM_CLASSES)
+    for text in report["text"]:
+        assert text["median_s"] > 0
+        assert text["per_class_ms"] == pytest.approx(1000 * text["median_s"] / text["num_classes"])
+
+
+def test_params_and_flops_match_the_model(benchmark_run):
+    from detectron2.modeling import build_model
+
+    report, _ = benchmark_run
+    model = build_model(tiny_cfg())
+    assert report["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert report["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops = {f["num_classes"]: f["gflops"] for f in report["flops"]}
+    assert set(flops) == set(NUM_CLASSES)
+    # the per-class stages make the FLOPs grow with the vocabulary; the image encoder does not
+    assert flops[5]["total"] > flops[3]["total"] > 0
+    assert flops[5]["CLIP image encoder"] == pytest.approx(flops[3]["CLIP image encoder"])
+
+
+def test_table_lists_every_case(benchmark_run):
+    _, stdout = benchmark_run
+    assert "yardstick (CLIP image encoder alone, 64x64)" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("single")]
+    assert [(r[1], int(r[2])) for r in rows] == [("48x80", 3), ("48x80", 5), ("64x64", 3), ("64x64", 5)]
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    result = run_cli(
+        [os.path.join("tools", "benchmark.py"), "--config-file", TINY_CONFIG, "--views", "tiled"], cwd=REPO
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: --views tiled: use any of single, sliding"
