@@ -32,7 +32,8 @@ setup(
         "psutil",
         "filelock",
         "diffusers>=0.27",  # CLIPer's fine-grained compensation (Stable Diffusion UNet)
-        "gradio>=4.40",  # demo/app.py
+        "transformers>=4.40",  # CLIPer: Stable Diffusion's text encoder and tokenizer (null prompt)
+        "gradio>=6.0,<7",  # demo/app.py (6.x API: theme given to launch())
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout", "playwright>=1.40"]},
 )

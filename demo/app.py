@@ -91,7 +91,9 @@ def get_parser():
         help="one more model to offer (repeatable), e.g. SED=configs/sed_convnext_b.yaml:sed_b.pth; "
         "NAME defaults to the config's file name",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST}: this machine)")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST}: this machine)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--max-pixels",
@@ -137,17 +139,22 @@ def build_service(args, output_dir):
     """Load every model (one-line error for a bad config or checkpoint) into a ``SegmentationService``."""
     if not 0.0 <= args.opacity <= 1.0:
         raise EscnetError(f"--opacity must lie in 0..1, got {args.opacity}")
+    if args.max_pixels < 1:
+        raise EscnetError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     specs = model_specs(args)
     segmenters, info = {}, {}
     for spec in specs:
         logger.info(f"loading model {spec.name!r} ({spec.config})")
-        segmenters[spec.name] = Segmenter(
-            spec.config,
-            weights=spec.weights,
-            opts=spec.opts,
-            device=args.device,
-            allow_random_weights=args.allow_random_weights,
-        )
+        try:
+            segmenters[spec.name] = Segmenter(
+                spec.config,
+                weights=spec.weights,
+                opts=spec.opts,
+                device=args.device,
+                allow_random_weights=args.allow_random_weights,
+            )
+        except EscnetError as err:
+            raise EscnetError(f"model {spec.name!r}: {err}") from None
         info[spec.name] = {"config": spec.config}
     return SegmentationService(segmenters, args.max_pixels, output_dir, opacity=args.opacity, model_info=info)
 
@@ -317,16 +324,19 @@ def main(argv=None):
         service = build_service(args, output_dir)
         app = build_app(service)
         logger.info(f"serving {', '.join(service.model_names)} on http://{args.host}:{args.port}")
-        app.launch(
-            server_name=args.host,
-            server_port=args.port,
-            theme=page_theme(),
-            ssr_mode=False,
-            show_error=False,
-            footer_links=["api", "settings"],
-            allowed_paths=[EXAMPLES_DIR],
-            quiet=True,
-        )
+        try:
+            app.launch(
+                server_name=args.host,
+                server_port=args.port,
+                theme=page_theme(),
+                ssr_mode=False,
+                show_error=False,
+                run_history=False,  # its page offers uploading runs to the Hugging Face hub
+                allowed_paths=[EXAMPLES_DIR],
+                quiet=True,
+            )
+        except OSError as err:  # port taken, address not available here
+            raise EscnetError(f"cannot serve on {args.host}:{args.port}: {str(err).splitlines()[0]}") from None
     return 0
 
 

@@ -48,6 +48,7 @@ from .vocabulary import builtin_vocabulary, validate_vocabulary
 __all__ = [
     "ModelSpec",
     "parse_model_spec",
+    "default_model_name",
     "VOCABULARY_PRESETS",
     "preset_text",
     "parse_vocabulary_text",
@@ -67,6 +68,7 @@ VOCABULARY_PRESETS = {
     "VOC-20": "voc20",
 }
 MEGAPIXEL = 1_000_000
+NO_IMAGE = "no image: upload a picture (or drop one on the image box) or pick an example"
 # File names offered for download keep these characters of the uploaded name.
 UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -116,7 +118,10 @@ def parse_vocabulary_text(text):
     per line, an entry's synonyms separated by commas (``"sofa, couch"``).
     """
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    entries = lines if len(lines) > 1 else [part for part in (lines[0].split(",") if lines else [])]
+    if len(lines) > 1:
+        entries = lines
+    else:
+        entries = lines[0].split(",") if lines else []
     return validate_vocabulary(entries, "vocabulary")
 
 
@@ -152,8 +157,10 @@ def load_image(path, max_pixels, name=None):
     Raises ``EscnetError`` for a missing or non-image file, a truncated or corrupt one, and a
     picture above PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
     """
+    if not path:
+        raise EscnetError(NO_IMAGE)
     name = name or os.path.basename(path)
-    if not path or not os.path.isfile(path):
+    if not os.path.isfile(path):
         raise EscnetError(f"image not found: {name!r}")
     try:
         with warnings.catch_warnings():
@@ -265,9 +272,8 @@ class SegmentationService:
         writing). Raises ``EscnetError`` (one line) for bad input.
         """
         progress = progress or _no_progress
-        start = time.perf_counter()
         if not image_path:
-            raise EscnetError("no image: upload a picture (or drop one on the image box) or pick an example")
+            raise EscnetError(NO_IMAGE)
         vocabulary = parse_vocabulary_text(vocabulary_text)
         if model_name not in self.segmenters:
             raise EscnetError(f"unknown model {model_name!r}; this server has: {', '.join(self.segmenters)}")
@@ -276,6 +282,7 @@ class SegmentationService:
             raise EscnetError(f"score threshold must lie in 0..1, got {score_threshold}")
         segmenter = self.segmenters[model_name]
         with self._lock:
+            start = time.perf_counter()  # timings leave out the wait for other requests
             progress(0.0, desc="reading the image")
             image = load_image(image_path, self.max_pixels, name=image_name)
             loaded = time.perf_counter()
@@ -406,4 +413,3 @@ def message_html(text, kind):
         f'border: 1px solid {color}; border-radius: 6px; padding: 0.5em 0.8em">'
         f"<strong>{title}:</strong> {html.escape(text)}</div>"
     )
-

@@ -32,12 +32,43 @@ def run_env(marker, **extra):
     return env
 
 
-def start(args, marker, **env):
-    """Start ``python <args>`` in the repo with the marker; output captured as text."""
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, env=run_env(marker, **env),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+class Run:
+    """``python <args>`` started in the repo with the marker; stdout/stderr go to files in
+    ``log_dir`` (a pipe nobody reads would fill up and stall the run)."""
+
+    def __init__(self, args, marker, log_dir, **env):
+        os.makedirs(log_dir, exist_ok=True)
+        self.stdout_path = os.path.join(log_dir, "stdout.txt")
+        self.stderr_path = os.path.join(log_dir, "stderr.txt")
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=run_env(marker, **env),
+                                            stdout=out, stderr=err)
+
+    def poll(self):
+        return self.process.poll()
+
+    @property
+    def returncode(self):
+        return self.process.returncode
+
+    def wait(self, timeout):
+        """Wait for the end (killing the run after ``timeout`` s); return its stderr."""
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        return self.stderr()
+
+    def stderr(self):
+        with open(self.stderr_path) as f:
+            return f.read()
+
+
+def start(args, marker, log_dir, **env):
+    """Start a ``Run``."""
+    return Run(args, marker, log_dir, **env)
 
 
 def processes_with_marker(marker):

@@ -101,12 +101,32 @@ def test_model_flags_name_configs_weights_and_overrides():
         ModelSpec("B", "tiny", "b.pth"),
     ]
     assert args.host == "127.0.0.1"
+    assert app.uploaded_file({"path": "/cache/x/a.png", "orig_name": "photo.png"}) == ("/cache/x/a.png", "photo.png")
+    assert app.uploaded_file(None) == (None, None)
     with pytest.raises(EscnetError, match="two models are named 'tiny'"):
         app.model_specs(parser.parse_args(["--config-file", "tiny", "--model", "tiny"]))
     with pytest.raises(EscnetError, match="no model to serve"):
         app.model_specs(parser.parse_args([]))
     with pytest.raises(EscnetError, match="--opts apply to the --config-file model"):
         app.model_specs(parser.parse_args(["--model", "tiny", "--opts", "MODEL.WEIGHTS", "a.pth"]))
+
+
+def test_bad_start_is_a_one_line_error(tmp_path, capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        random_tiny = ["--config-file", "tiny", "--allow-random-weights"]
+        for argv, message in [
+            (["--config-file", "no-such-config"], "error: model 'no-such-config': config file not found: 'no-such-"),
+            (["--model", "B=tiny:" + str(tmp_path / "missing.pth")], "error: model 'B': checkpoint not found: "),
+            (random_tiny + ["--max-pixels", "0"], "error: --max-pixels must be >= 1"),
+            (random_tiny + ["--port", str(port)], f"error: cannot serve on 127.0.0.1:{port}: "),
+        ]:
+            with pytest.raises(SystemExit) as exit_:
+                app.main(argv + ["--device", "cpu"])
+            err = capsys.readouterr().err.strip()
+            assert exit_.value.code == 2 and err.startswith(message) and "\n" not in err, err
 
 
 def test_vocabulary_box_syntax_and_presets():
@@ -130,7 +150,7 @@ def test_vocabulary_box_syntax_and_presets():
         preset_text("ADE-151")
 
 
-def test_page_and_cli_give_identical_label_maps(service, segmenter, checkpoint, tmp_path):
+def test_page_and_cli_give_identical_label_maps(service, segmenter, checkpoint, tmp_path, monkeypatch):
     path = _save(tmp_path, "photo.png", _picture(44, 60, seed=3))
     vocabulary_lines = "grass\nwater, sea\nred ball"  # synonyms: one class per line
     vocab_file = tmp_path / "vocab.txt"
@@ -143,6 +163,12 @@ def test_page_and_cli_give_identical_label_maps(service, segmenter, checkpoint, 
     out = tmp_path / "cli"
     argv = ["--config-file", MODEL, "--input", path, "--vocab-file", str(vocab_file), "--output", str(out)]
     argv += ["--score-threshold", str(threshold), "--device", "cpu", "--opts", "MODEL.WEIGHTS", checkpoint]
+
+    def same_model(args):  # the CLI would build the same model from the same config and checkpoint
+        assert (args.config_file, args.opts) == (MODEL, ["MODEL.WEIGHTS", checkpoint])
+        return segmenter
+
+    monkeypatch.setattr(demo, "build_segmenter", same_model)
     assert demo.main(argv) == 0
     cli_labels = read_label_map(out / "photo_labels.png")
     page_labels = read_label_map(response.label_map_path)
@@ -170,6 +196,29 @@ def test_page_and_cli_give_identical_label_maps(service, segmenter, checkpoint, 
         assert row.share == pytest.approx(np.mean(expected == row.label))
     height, width = expected.shape
     assert response.overlay.shape[0] >= height and response.overlay.shape[1] > width  # legend panel
+
+
+def test_server_offers_every_model_it_was_started_with(checkpoint, tmp_path):
+    """Generic over configs: ESC-Net with weights, SED and CLIPer (tiny configs) side by side."""
+    argv = ["--config-file", MODEL, "--model", "SED=sed_tiny", "--model", "CLIPer=configs/cliper_tiny.yaml"]
+    argv += ["--device", "cpu", "--allow-random-weights", "--opts", "MODEL.WEIGHTS", checkpoint]
+    service = app.build_service(app.get_parser().parse_args(argv), str(tmp_path / "served"))
+    assert service.model_names == [MODEL, "SED", "CLIPer"]
+    architectures = [service.segmenters[name].cfg.MODEL.META_ARCHITECTURE for name in service.model_names]
+    assert architectures == ["ESCNet", "SED", "CLIPer"]
+    assert service.segmenters[MODEL].cfg.MODEL.WEIGHTS == checkpoint  # --opts: the --config-file model's
+    assert service.segmenters["SED"].cfg.MODEL.WEIGHTS == ""
+    path = _save(tmp_path, "photo.png")
+    for name in service.model_names:
+        response = service.segment(path, VOCAB, name)
+        expected = service.segmenters[name].segment(path, [c.strip() for c in VOCAB.split(",")]).labels
+        np.testing.assert_array_equal(response.labels, expected)
+        assert response.summary["model"]["name"] == name
+    assert response.summary["model"]["config"] == "configs/cliper_tiny.yaml"
+    (dropdown,) = [
+        block for block in app.build_app(service).blocks.values() if getattr(block, "elem_id", "") == "model"
+    ]
+    assert [choice[0] for choice in dropdown.choices] == [MODEL, "SED", "CLIPer"]
 
 
 def test_oversized_pictures_are_downscaled_with_a_note(service, segmenter, tmp_path):

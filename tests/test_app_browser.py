@@ -34,6 +34,7 @@ VOCAB = "grass, water, sand, red ball, blue box, yellow kite"
 STARTUP_TIMEOUT_S = 180
 REQUEST_TIMEOUT_MS = 60_000
 LOOPBACK = "127.0.0.1"
+SECOND_MODEL = "tiny-copy"
 
 
 def _require(available, reason):
@@ -73,7 +74,8 @@ def server(checkpoint, tmp_path_factory):
     port = _free_port()
     log_path = folder / "server.log"
     command = [sys.executable, APP, "--config-file", "tiny", "--device", "cpu", "--port", str(port)]
-    command += ["--max-pixels", str(MAX_PIXELS), "--opts", "MODEL.WEIGHTS", checkpoint]
+    command += ["--model", f"{SECOND_MODEL}=tiny:{checkpoint}", "--max-pixels", str(MAX_PIXELS)]
+    command += ["--opts", "MODEL.WEIGHTS", checkpoint]
     env = dict(os.environ, GRADIO_TEMP_DIR=str(folder / "gradio"), PYTHONUNBUFFERED="1")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -124,7 +126,7 @@ def page(browser, server):
             page.foreign_requests.append(route.request.url)
             route.abort()
 
-    page.route("**/*", route)
+    context.route("**/*", route)  # every page and worker of the context
     page.goto(server)
     page.wait_for_selector("#run")
     yield page
@@ -196,9 +198,11 @@ def test_presets_and_examples_fill_the_page(page):
     assert len(page.locator("#vocab textarea").input_value().splitlines()) == 20
     page.locator(".gallery-item, tr.tr-body").first.click()  # the first bundled example
     page.wait_for_function(f"document.querySelector('#vocab textarea').value === {json.dumps(VOCAB)}")
+    page.locator("#model input").click()
+    page.get_by_role("option", name=SECOND_MODEL).click()
     page.click("#run")
     _wait_for_overlay(page)
-    assert "shapes_1.png" in page.locator("#status").inner_text()
+    assert f"shapes_1.png (192 x 192) with {SECOND_MODEL}" in page.locator("#status").inner_text()
     assert page.foreign_requests == []
 
 

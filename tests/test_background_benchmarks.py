@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from benchmark_miniatures import (
     check_prepared, snapshot, write_coco_object, write_pascal_context_60, write_png, write_voc,
 )
-from conftest import run_cli
+from conftest import REPO, run_cli
 from escnet.data.datasets.common import datasets_root
 from escnet.data.datasets.register_background import BACKGROUND_SETS, register_all_background
 from escnet.data.label_io import read_label_map
@@ -30,7 +30,6 @@ from escnet.evaluation import build_evaluator
 from escnet.utils.errors import EscnetError
 from escnet.vocabulary import builtin_vocabulary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC2010 = "VOCdevkit/VOC2010"
 # name: (vocabulary, number of classes, display name, label folder relative to the root, prepare script)
 SETS = {

@@ -289,25 +289,30 @@ def test_dataset_protocol_applies_per_input(tmp_path):
 def test_background_entry_of_the_vocabulary_is_scored_by_the_protocol(coarse_model):
     from dataclasses import replace
 
-    model = coarse_model
-    protocol = replace(model.default_protocol, background_class_index=0, background_threshold=0.5)
-    model.dataset_protocols["with_background"] = protocol
+    from escnet.modeling.cliper.scores import class_scores, foreground_maps
+
+    model, image = coarse_model, random_image(seed=4)
+    plain = model.default_protocol
+    coarse, refined = model.predict_class_maps(
+        image, model.text_features(VOCABULARY, plain.templates), model.text_features((), plain.templates), plain)
+    maps = foreground_maps(refined, class_scores(refined, coarse, 1.0), (40, 56), plain)  # V_c
+    threshold = float(maps.amax(0).median()) + 1e-4  # background on about half of the pixels (no ties)
+    model.dataset_protocols["with_background"] = replace(plain, background_class_index=2,
+                                                         background_threshold=threshold)
     try:
-        vocabulary = ("background",) + VOCABULARY
+        vocabulary = VOCABULARY[:2] + ("background",) + VOCABULARY[2:]
         with torch.no_grad():
-            (out,) = model([{"image": random_image(seed=4), "vocabulary": vocabulary, "dataset_name": "with_background"}])
+            (out,) = model([{"image": image, "vocabulary": vocabulary, "dataset_name": "with_background"}])
     finally:
         del model.dataset_protocols["with_background"]
     scores = out["sem_seg"]
     assert scores.shape == (5, 40, 56)
-    # The background row holds BACKGROUND_THRESHOLD before the per-pixel normalisation.
-    ratio = scores[0] / scores.sum(0)
-    torch.testing.assert_close(ratio * (scores.sum(0) / scores[0]), torch.ones(40, 56))
-    raw_background = 0.5
+    foreground = torch.cat([scores[:2], scores[3:]])
+    # Before the per-pixel normalisation the background row is the threshold and the others are V_c.
+    torch.testing.assert_close(foreground / scores[2:3] * threshold, maps, atol=1e-5, rtol=1e-4)
     labels = scores.argmax(0)
-    foreground_best = scores[1:].max(0).values
-    assert torch.equal(labels == 0, scores[0] > foreground_best)
-    assert raw_background > 0 and 0 < (labels == 0).float().mean() < 1
+    assert torch.equal(labels == 2, maps.amax(0) < threshold)
+    assert 0.3 < (labels == 2).float().mean() < 0.7
 
 
 @pytest.mark.parametrize("where", ["folder", "hub"])

@@ -37,8 +37,7 @@ def _wait_for_files(paths, process, timeout=STARTUP_TIMEOUT_S):
     start_time = time.monotonic()
     while not all(os.path.exists(p) for p in paths):
         if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"run ended before training started:\n{err[-3000:]}")
+            pytest.fail(f"run ended before training started:\n{process.stderr()[-3000:]}")
         assert time.monotonic() - start_time < timeout, f"training did not start within {timeout} s"
         time.sleep(0.1)
 
@@ -58,18 +57,15 @@ def _kill_rank(tmp_path, signum, *opts):
     """Start a 2-process run, send ``signum`` to rank 1 mid-training; return (line, seconds)."""
     marker, pid_dir = new_marker(), tmp_path / "pids"
     pid_dir.mkdir()
-    process = start(_two_process_args(tmp_path / "out", *opts), marker, ESCNET_TEST_PID_DIR=pid_dir)
+    process = start(_two_process_args(tmp_path / "out", *opts), marker, tmp_path / "logs", ESCNET_TEST_PID_DIR=pid_dir)
     try:
         _wait_for_files([pid_dir / "rank0.pid", pid_dir / "rank1.pid"], process)
         victim = int((pid_dir / "rank1.pid").read_text())
         fault_time = time.monotonic()
         os.kill(victim, signum)
-        _, stderr = process.communicate(timeout=300)
-        seconds = time.monotonic() - fault_time
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        stderr = process.wait(timeout=300)
+    seconds = time.monotonic() - fault_time
     line = _check_clean_failure(process, stderr, marker)
     assert "Traceback" not in stderr, stderr[-3000:]
     return line, seconds
@@ -94,14 +90,9 @@ def test_exception_in_one_ranks_dataloader_worker_ends_the_run(tmp_path):
 
     marker, pid_dir = new_marker(), tmp_path / "pids"
     pid_dir.mkdir()
-    process = start(_two_process_args(tmp_path / "out"), marker, ESCNET_TEST_PID_DIR=pid_dir,
+    process = start(_two_process_args(tmp_path / "out"), marker, tmp_path / "logs", ESCNET_TEST_PID_DIR=pid_dir,
                     ESCNET_TEST_FAULT="worker_exception")
-    try:
-        _, stderr = process.communicate(timeout=STARTUP_TIMEOUT_S + 120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    stderr = process.wait(timeout=STARTUP_TIMEOUT_S + 120)
     seconds = time.time() - float((pid_dir / "fault.time").read_text())
     print(f"exception in rank 1's DataLoader worker: run ended {seconds:.1f} s later")
     line = _check_clean_failure(process, stderr, marker)
@@ -137,8 +128,8 @@ def test_user_error_in_a_rank_is_printed_once_and_leaves_nothing(tmp_path):
     marker = new_marker()
     args = [FAULT_SCRIPT, "--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path / "out"),
             "SOLVER.MAX_ITER", "5", "SOLVER.IMS_PER_BATCH", "4", "DATASETS.TEST", "()"]
-    process = start(args, marker, DETECTRON2_DATASETS=tmp_path / "datasets")
-    _, stderr = process.communicate(timeout=STARTUP_TIMEOUT_S + 120)
+    process = start(args, marker, tmp_path / "logs", DETECTRON2_DATASETS=tmp_path / "datasets")
+    stderr = process.wait(timeout=STARTUP_TIMEOUT_S + 120)
     line = _check_clean_failure(process, stderr, marker)
     assert process.returncode == 2
     assert "Traceback" not in stderr

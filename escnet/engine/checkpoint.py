@@ -22,8 +22,11 @@ class DamagedCheckpointError(EscnetError):
 
 
 def _reason(err):
+    """The first sentence of ``err``'s message (PyTorch appends paragraphs of advice)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".")
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -85,7 +88,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
             raise EscnetError(f"checkpoint not found: {path!r} (check MODEL.WEIGHTS)")
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:  # Detectron2 resets this only after a successful load; the next load asserts it
+            self._parsed_url_during_load = None
 
     # ------------------------------------------------------------------ resuming
     def resume_candidates(self):

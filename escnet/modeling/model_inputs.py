@@ -56,10 +56,11 @@ def output_size(x):
 def check_labels(target, num_classes, ignore_value):
     """Raise ``EscnetError`` if ``target`` holds a label outside ``0..num_classes-1`` (ignore aside)."""
     labelled = target != ignore_value
-    if labelled.any() and int(target[labelled].max()) >= num_classes:
+    largest = int(torch.where(labelled, target, 0).max()) if target.numel() else 0
+    smallest = int(torch.where(labelled, target, 0).min()) if target.numel() else 0
+    if largest >= num_classes:
         raise EscnetError(
-            f"label {int(target[labelled].max())} in sem_seg is outside the vocabulary of "
-            f"{num_classes} classes (ignore value {ignore_value})"
+            f"label {largest} in sem_seg is outside the vocabulary of {num_classes} classes (ignore value {ignore_value})"
         )
-    if labelled.any() and int(target[labelled].min()) < 0:
-        raise EscnetError(f"negative label {int(target[labelled].min())} in sem_seg (ignore value {ignore_value})")
+    if smallest < 0:
+        raise EscnetError(f"negative label {smallest} in sem_seg (ignore value {ignore_value})")

@@ -29,15 +29,20 @@ def class_scores(refined: torch.Tensor, coarse: torch.Tensor, refined_weight: fl
 
 
 def foreground_maps(refined: torch.Tensor, scores: torch.Tensor, size, protocol: CliperProtocol) -> torch.Tensor:
-    """``Nf x H x W`` maps ``V_c`` (steps 1-3 of the module docstring)."""
+    """``Nf x H x W`` maps ``V_c`` (steps 1-3 of the module docstring; in place after the resize)."""
     maps = F.interpolate(refined[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
-    maps = maps / (maps.flatten(1).amax(dim=1)[:, None, None] + PEAK_EPS) * scores[:, None, None]
-    if protocol.normalize_maps:
-        flat = maps.flatten(1)
-        flat = flat - flat.amin(dim=1, keepdim=True)
-        maps = (flat / (flat.amax(dim=1, keepdim=True) + RANGE_EPS)).view_as(maps)
+    flat = maps.view(maps.shape[0], -1)
     present = (scores > protocol.score_threshold).to(maps.dtype)
-    return maps * present[:, None, None]
+    factor = scores / (flat.amax(dim=1) + PEAK_EPS)
+    if protocol.normalize_maps:
+        flat.mul_(factor[:, None])
+        low = flat.amin(dim=1, keepdim=True)
+        flat.sub_(low).div_(flat.amax(dim=1, keepdim=True) + RANGE_EPS)
+        factor = present
+    else:
+        factor = factor * present
+    flat.mul_(factor[:, None])
+    return maps
 
 
 def vocabulary_scores(maps: torch.Tensor, background_index, protocol: CliperProtocol) -> torch.Tensor:
@@ -48,6 +53,9 @@ def vocabulary_scores(maps: torch.Tensor, background_index, protocol: CliperProt
         else:
             background = (1 - maps.amax(dim=0, keepdim=True)) ** 2
         maps = torch.cat([maps[:background_index], background, maps[background_index:]], dim=0)
-    total = maps.sum(dim=0, keepdim=True)
-    uniform = torch.full_like(maps, 1.0 / maps.shape[0])
-    return torch.where(total > 0, maps / total.clamp_min(torch.finfo(maps.dtype).tiny), uniform)
+    total = maps.sum(dim=0)
+    empty = total <= 0
+    maps.div_(total.clamp_min_(torch.finfo(maps.dtype).tiny))
+    if empty.any():
+        maps[:, empty] = 1.0 / maps.shape[0]
+    return maps

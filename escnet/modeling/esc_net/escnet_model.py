@@ -393,20 +393,29 @@ class ESCNet(nn.Module):
         return int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1]))
 
     def _infer_global(self, batched_inputs, text):
-        """Global view only: every image resized to ``S x S``, the batch run at once."""
+        """Global view only: every image resized to ``S x S``, the batch run at once.
+
+        Class chunks of logits go straight into each image's ``Nc x height x width`` output
+        (no ``B x Nc x S x S`` tensor is kept), which is then turned into probabilities in place.
+        """
         images = torch.stack([self._resize(self._normalise(x["image"]), self.input_size) for x in batched_inputs])
-        logits = self.predict_logits(images, text)
-        results = []
-        for logit, x in zip(logits, batched_inputs):
-            logit = F.interpolate(logit[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
-            results.append({"sem_seg": logit.float().softmax(dim=0)})
-        return results
+        outputs = [
+            torch.full((text.shape[0], *self._output_size(x)), REJECTED_LOGIT, device=images.device)
+            for x in batched_inputs
+        ]
+        for classes, chunk in self.class_logit_chunks(images, text):
+            classes = _as_index(classes)
+            for output, logit in zip(outputs, chunk):
+                output[classes] = F.interpolate(logit[None], size=output.shape[-2:], mode="bilinear", align_corners=False)[0].float()
+        return [{"sem_seg": _softmax_over_classes_(output)} for output in outputs]
 
     def _infer_sliding(self, x, text):
         """Sliding windows of ``S x S`` (overlap ``TEST.SLIDING_OVERLAP``) plus the global view.
 
         The image is first scaled so that its shorter side is at least ``S``; window logits are
         averaged where windows overlap, then averaged with the global view's logits; softmax.
+        The views run ``TEST.SLIDING_BATCH`` at a time and each class chunk of their logits is
+        added, with its weight, into one ``Nc x size`` buffer (no per-view logits are kept).
         """
         image = self._normalise(x["image"])
         height, width = image.shape[-2:]
@@ -420,19 +429,45 @@ class ESCNet(nn.Module):
                 bottom, right = top + self.input_size[0], left + self.input_size[1]
                 crops.append(scaled[:, top:bottom, left:right])
                 boxes.append((top, bottom, left, right))
-        batch = torch.stack(crops + [self._resize(image, self.input_size)])
-        # TEST.SLIDING_BATCH views per forward bound memory (views x classes run through the blocks).
-        logits = torch.cat([self.predict_logits(chunk, text).float() for chunk in batch.split(self.sliding_batch)])
-        summed = logits.new_zeros(logits.shape[1], *size)
-        counts = logits.new_zeros(1, *size)
-        for logit, (top, bottom, left, right) in zip(logits[:-1], boxes):
-            summed[:, top:bottom, left:right] += logit
+        counts = image.new_zeros(1, *size)
+        for top, bottom, left, right in boxes:
             counts[:, top:bottom, left:right] += 1
-        windows = summed / counts
-        global_view = F.interpolate(logits[-1:], size=size, mode="bilinear", align_corners=False)[0]
-        combined = (windows + global_view) / 2
-        combined = F.interpolate(combined[None], size=self._output_size(x), mode="bilinear", align_corners=False)[0]
-        return combined.float().softmax(dim=0)
+        # combined = (mean of the windows + global view) / 2, as weighted sums of every view
+        window_weights = 0.5 / counts
+        views = crops + [self._resize(image, self.input_size)]
+        regions = boxes + [None]  # None: the global view, upsampled to the whole image
+        summed = image.new_zeros(text.shape[0], *size)
+        num_classes = text.shape[0]
+        for start in range(0, len(views), self.sliding_batch):
+            batch = torch.stack(views[start:start + self.sliding_batch])
+            batch_regions = regions[start:start + self.sliding_batch]
+            seen = torch.zeros(num_classes, dtype=torch.bool, device=summed.device)
+            for classes, chunk in self.class_logit_chunks(batch, text):
+                seen[classes] = True
+                index = _as_index(classes)
+                for logit, region in zip(chunk.float(), batch_regions):
+                    self._add_view(summed, index, logit, region, window_weights, size)
+            rejected = (~seen).nonzero().flatten()
+            if rejected.numel():  # category early rejection: the rejected classes' logit
+                constant = summed.new_full((1, 1, 1), REJECTED_LOGIT)  # a constant upsamples to itself
+                for region in batch_regions:
+                    self._add_view(summed, rejected, constant, region, window_weights, None)
+        output_size = self._output_size(x)
+        if tuple(output_size) != tuple(size):
+            summed = F.interpolate(summed[None], size=output_size, mode="bilinear", align_corners=False)[0]
+        return _softmax_over_classes_(summed)
+
+    @staticmethod
+    def _add_view(summed, classes, logit, region, window_weights, size):
+        """Add one view's ``c x S x S`` logits of ``classes`` into ``summed`` with its weight
+        (``size`` None: ``logit`` is a constant, broadcast)."""
+        if region is None:
+            if size is not None:
+                logit = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0]
+            summed[classes] += 0.5 * logit
+            return
+        top, bottom, left, right = region
+        summed[classes, top:bottom, left:right] += logit * window_weights[:, top:bottom, left:right]
 
     def _window_offsets(self, length, window):
         """Start offsets of windows covering ``length``; the last window ends at ``length``."""
@@ -441,3 +476,19 @@ class ESCNet(nn.Module):
         stride = max(1, int(window * (1.0 - self.sliding_overlap)))
         count = math.ceil((length - window) / stride) + 1
         return [min(i * stride, length - window) for i in range(count)]
+
+
+def _as_index(classes: torch.Tensor):
+    """Sorted class indices -> a ``slice`` when they are a contiguous range (cheap writes), else themselves."""
+    first, last = int(classes[0]), int(classes[-1])
+    if last - first + 1 == classes.numel():
+        return slice(first, last + 1)
+    return classes
+
+
+def _softmax_over_classes_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 of ``Nc x H x W`` float logits, in place (no second Nc-sized tensor)."""
+    logits -= logits.amax(dim=0, keepdim=True)
+    logits.exp_()
+    logits /= logits.sum(dim=0, keepdim=True)
+    return logits

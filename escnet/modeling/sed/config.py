@@ -46,6 +46,9 @@ def add_sed_config(cfg):
     # NUM_HEADS, POOLING_SIZES).
     s.NUM_HEADS = 4
     s.POOLING_SIZE = [2, 2]
+    # Class maps per call in the decoder's per-class steps (ConvNeXt blocks, upsampling, fusion,
+    # heads): bounds memory for large vocabularies (ADE-847) without changing the result.
+    s.CLASS_CHUNK_SIZE = 128
     # --- category early rejection (official TEST.FAST_INFERENCE, TEST.TOPK)
     s.CER = CN()
     # At inference, keep after each decoder layer only the union of every pixel's top-k classes

@@ -11,7 +11,8 @@
 Before each layer an auxiliary head (3x3 conv -> 1) scores every class. In training these
 heads learn on detached features (they do not shape the decoder); at inference with CER they
 decide which classes go on (:mod:`~escnet.modeling.sed.rejection`). Every per-class step
-(layers, cost chain) is then computed for the surviving classes only.
+(layers, cost chain) is then computed for the surviving classes only. Per-class steps run
+``class_chunk_size`` class maps at a time, which bounds memory for large vocabularies.
 """
 from typing import List, Sequence, Tuple
 
@@ -40,8 +41,12 @@ class GradualFusionDecoder(nn.Module):
         kernel_sizes: Sequence[int],
         num_heads: int,
         pooling_size: Sequence[int],
+        class_chunk_size: int,
     ):
         super().__init__()
+        if class_chunk_size < 1:
+            raise ValueError(f"class chunk size must be positive, got {class_chunk_size}")
+        self.class_chunk_size = int(class_chunk_size)
         num_layers = len(decoder_dims)
         if not 1 <= num_layers <= len(stage_dims) - 1 or len(skip_dims) != num_layers or len(kernel_sizes) != num_layers:
             raise ValueError(
@@ -67,6 +72,10 @@ class GradualFusionDecoder(nn.Module):
         self.rejection_heads = nn.ModuleList(nn.Conv2d(d, 1, HEAD_KERNEL, padding=HEAD_KERNEL // 2) for d in in_dims)
         self.output_head = nn.Conv2d(decoder_dims[-1], 1, HEAD_KERNEL, padding=HEAD_KERNEL // 2)
 
+    def _per_class(self, module, maps):
+        """``module`` on ``(B T) x ...`` maps, ``class_chunk_size`` at a time."""
+        return torch.cat([module(part) for part in maps.split(self.class_chunk_size)])
+
     @property
     def num_layers(self):
         return len(self.layers)
@@ -88,10 +97,10 @@ class GradualFusionDecoder(nn.Module):
         rejection_logits = []
         for head, upsampler, layer, skip in zip(self.rejection_heads, self.cost_upsamplers, self.layers, skips):
             if with_rejection_logits:
-                rejection_logits.append(head(x.detach()).view(batch, classes, *x.shape[-2:]))
-            corr = upsampler(corr)
-            x = layer(x, batch, skip, corr)
-        logits = self.output_head(x).view(batch, classes, *x.shape[-2:])
+                rejection_logits.append(self._per_class(head, x.detach()).view(batch, classes, *x.shape[-2:]))
+            corr = self._per_class(upsampler, corr)
+            x = layer(x, batch, skip, corr, self.class_chunk_size)
+        logits = self._per_class(self.output_head, x).view(batch, classes, *x.shape[-2:])
         return logits, rejection_logits
 
     def forward_rejecting(
@@ -111,12 +120,12 @@ class GradualFusionDecoder(nn.Module):
         keep = torch.arange(classes, device=cost.device)
         kept = []
         for head, upsampler, layer, skip in zip(self.rejection_heads, self.cost_upsamplers, self.layers, skips):
-            selected = union_of_topk(head(x)[:, 0], top_k)
+            selected = union_of_topk(self._per_class(head, x)[:, 0], top_k)
             keep, x, corr = keep[selected], x[selected], corr[selected]
             kept.append(keep)
-            corr = upsampler(corr)
-            x = layer(x, 1, skip, corr)
-        scores = self.output_head(x)[:, 0].float().sigmoid()
+            corr = self._per_class(upsampler, corr)
+            x = layer(x, 1, skip, corr, self.class_chunk_size)
+        scores = self._per_class(self.output_head, x)[:, 0].float().sigmoid()
         output = scores.new_full((classes, *scores.shape[-2:]), REJECTED_SCORE)
         output[keep] = scores
         return output, kept

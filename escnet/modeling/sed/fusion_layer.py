@@ -38,11 +38,19 @@ class FusionLayer(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, x, num_images: int, skip, cost):
-        """``x`` ``(B T) x D x H x W``; ``skip`` ``B x s x 2H x 2W``; ``cost`` ``(B T) x s x 2H x 2W``."""
-        x = self.spatial(x)
-        bt, dim, height, width = x.shape
-        x = self.class_attention(x.view(num_images, bt // num_images, dim, height, width))
-        x = self.upsample(x.view(bt, dim, height, width))
-        skip = skip.repeat_interleave(bt // num_images, dim=0)
-        return self.fuse(torch.cat([x, skip, cost], dim=1))
+    def forward(self, x, num_images: int, skip, cost, chunk_size: int):
+        """``x`` ``(B T) x D x H x W``; ``skip`` ``B x s x 2H x 2W``; ``cost`` ``(B T) x s x 2H x 2W``.
+
+        The per-class steps run ``chunk_size`` class maps at a time (bounds memory; same result).
+        """
+        x = torch.cat([self.spatial(part) for part in x.split(chunk_size)])
+        rows, dim, height, width = x.shape
+        classes = rows // num_images
+        x = self.class_attention(x.view(num_images, classes, dim, height, width)).view(rows, dim, height, width)
+        fused = []
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            images = torch.arange(start, end, device=x.device) // classes
+            parts = [self.upsample(x[start:end]), skip.index_select(0, images), cost[start:end]]
+            fused.append(self.fuse(torch.cat(parts, dim=1)))
+        return torch.cat(fused)

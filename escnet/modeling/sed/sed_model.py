@@ -91,6 +91,7 @@ class SED(nn.Module):
                 kernel_sizes=list(s.KERNEL_SIZES),
                 num_heads=s.NUM_HEADS,
                 pooling_size=list(s.POOLING_SIZE),
+                class_chunk_size=s.CLASS_CHUNK_SIZE,
             )
         except ValueError as err:
             raise EscnetError(f"bad MODEL.SED decoder sizes: {err}") from None
@@ -147,7 +148,7 @@ class SED(nn.Module):
         cost, stages = self.cost_map(images, text)
         if self.training:
             logits, rejection_logits = self.decoder(cost, stages)
-            targets = [x["sem_seg"] for x in batched_inputs]
+            targets = self._one_hot_targets([x["sem_seg"] for x in batched_inputs], len(vocabulary))
             losses = {"loss_sem_seg": self._loss(logits, targets)}
             for i, aux in enumerate(rejection_logits):
                 losses[f"loss_rejection_{i}"] = self._loss(aux, targets)
@@ -174,19 +175,25 @@ class SED(nn.Module):
         cost = torch.einsum("bchw,npc->bnphw", dense, text)
         return cost, [s.detach() for s in stages]
 
-    def _loss(self, logits, targets):
-        """Mean binary cross-entropy of ``B x Nc x h x w`` logits against one-hot targets (bilinear
-        to each target's size; ignored pixels are negatives for every class, as the official loss)."""
-        num_classes = logits.shape[1]
-        total, count = logits.new_zeros(()), 0
-        for logit, target in zip(logits, targets):
-            target = target.to(logit.device)
+    def _one_hot_targets(self, targets, num_classes):
+        """``H x W`` label maps -> ``Nc x H x W`` float one-hot maps; ignored pixels are all zeros."""
+        one_hots = []
+        for target in targets:
+            target = target.to(self.device)
             check_labels(target, num_classes, self.ignore_value)
-            if tuple(logit.shape[-2:]) != tuple(target.shape):
-                logit = F.interpolate(logit[None], size=tuple(target.shape), mode="bilinear", align_corners=False)[0]
             labelled = target != self.ignore_value
-            one_hot = F.one_hot(torch.where(labelled, target, 0), num_classes).permute(2, 0, 1).to(logit.dtype)
-            one_hot = one_hot * labelled.unsqueeze(0)
-            total = total + F.binary_cross_entropy_with_logits(logit.float(), one_hot.float(), reduction="sum")
-            count += logit.numel()
+            one_hot = F.one_hot(torch.where(labelled, target, 0), num_classes).permute(2, 0, 1)
+            one_hots.append((one_hot * labelled.unsqueeze(0)).float())
+        return one_hots
+
+    def _loss(self, logits, targets):
+        """Mean binary cross-entropy of ``B x Nc x h x w`` logits against one-hot ``Nc x H x W`` targets
+        (logits bilinearly resized to each target's size), as the official loss: ignored pixels are
+        negatives for every class."""
+        total, count = logits.new_zeros((), dtype=torch.float32), 0
+        for logit, target in zip(logits, targets):
+            if tuple(logit.shape[-2:]) != tuple(target.shape[-2:]):
+                logit = F.interpolate(logit[None], size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)[0]
+            total = total + F.binary_cross_entropy_with_logits(logit.float(), target, reduction="sum")
+            count += target.numel()
         return total / max(count, 1)
