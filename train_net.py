@@ -25,10 +25,14 @@ from escnet.engine.listing import LIST_CHOICES, list_names  # noqa: E402
 from escnet.modeling.trained_weights import needs_trained_weights  # noqa: E402
 from escnet.utils.compat import report_compiled_ops  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
+from escnet.utils.precision import PRECISIONS, validate_precision  # noqa: E402
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts, freeze=False)
+    if getattr(args, "precision", None):  # inference precision (evaluation), as TEST.PRECISION
+        cfg.TEST.PRECISION = args.precision
+    validate_precision(cfg.TEST.PRECISION, "TEST.PRECISION")
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="escnet")
     report_compiled_ops()
@@ -77,6 +81,9 @@ def argument_parser():
     parser = default_argument_parser()
     parser.set_defaults(dist_url="auto")
     parser.add_argument("--list", choices=LIST_CHOICES, help="print every known name of this kind and exit")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None, help="inference precision (fp32, bf16); default TEST.PRECISION"
+    )
     return parser
 
 

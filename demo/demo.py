@@ -34,6 +34,7 @@ from escnet.data.label_io import write_label_map  # noqa: E402
 from escnet.segmenter import Segmenter, read_image  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 from escnet.utils.io import atomic_path, save_image_atomic, write_json_atomic  # noqa: E402
+from escnet.utils.precision import PRECISIONS  # noqa: E402
 from escnet.visualization import UNLABELLED_NAME, class_color, render_overlay  # noqa: E402
 from escnet.vocabulary import load_vocabulary_file, parse_vocabulary_string  # noqa: E402
 
@@ -82,6 +83,13 @@ def get_parser():
         help="overlays of lower images are enlarged (integer factor, nearest neighbour) to stay legible; 0: never",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="inference precision: fp32, or bf16 autocast (faster on CPUs with AMX / AVX-512 BF16); "
+        "default: TEST.PRECISION of the config (fp32)",
+    )
     parser.add_argument(
         "--allow-random-weights", action="store_true", help="run without MODEL.WEIGHTS (random model; for testing only)"
     )
@@ -187,7 +195,12 @@ def summarize(job, result, legend, timing, args, cfg):
         },
         "score_threshold": result.score_threshold,
         "outputs": {"overlay": os.path.basename(job.overlay), "label_map": os.path.basename(job.labels)},
-        "model": {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "device": cfg.MODEL.DEVICE},
+        "model": {
+            "config": args.config_file,
+            "weights": cfg.MODEL.WEIGHTS,
+            "device": cfg.MODEL.DEVICE,
+            "precision": args.precision or cfg.TEST.PRECISION,
+        },
         "timing_s": timing,
     }
 
@@ -295,7 +308,11 @@ def segment_video(args, vocabulary):
 
 def build_segmenter(args):
     return Segmenter(
-        args.config_file, opts=args.opts, device=args.device, allow_random_weights=args.allow_random_weights
+        args.config_file,
+        opts=args.opts,
+        device=args.device,
+        allow_random_weights=args.allow_random_weights,
+        precision=args.precision,
     )
 
 

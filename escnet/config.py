@@ -27,10 +27,10 @@ def _add_launch_config(cfg):
     cfg.LAUNCH = CN()
     # Seconds a collective (all-reduce, barrier, process-group setup) waits for the other ranks
     # before the run fails (Detectron2's default: 30 minutes).
-    cfg.LAUNCH.COLLECTIVE_TIMEOUT = 1800.0
+    cfg.LAUNCH.COLLECTIVE_TIMEOUT = 1800
     # Seconds without a heartbeat (a rank frozen, stopped or not scheduled) before the launcher
     # ends the whole run; 0 disables the check. Ranks beat every HEARTBEAT_TIMEOUT / 10 seconds.
-    cfg.LAUNCH.HEARTBEAT_TIMEOUT = 60.0
+    cfg.LAUNCH.HEARTBEAT_TIMEOUT = 60
 
 
 def _add_data_config(cfg):

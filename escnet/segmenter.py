@@ -29,6 +29,7 @@ from .engine.checkpoint import AtomicCheckpointer
 from .engine.setup import load_config
 from .modeling.trained_weights import needs_trained_weights
 from .utils.errors import EscnetError
+from .utils.precision import inference_precision, validate_precision
 from .vocabulary import validate_vocabulary
 
 __all__ = [
@@ -255,9 +256,11 @@ class Segmenter:
         opts: ``["KEY", "VALUE", ...]`` config overrides.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
         allow_random_weights: accept an empty ``MODEL.WEIGHTS`` (random initialisation; for tests).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; opt-in, faster on CPUs with AMX / AVX-512
+            BF16); default: ``TEST.PRECISION``.
     """
 
-    def __init__(self, config, weights=None, opts=(), device=None, allow_random_weights=False):
+    def __init__(self, config, weights=None, opts=(), device=None, allow_random_weights=False, precision=None):
         if isinstance(config, CfgNode):
             if weights is not None or opts or device is not None:
                 raise ValueError("weights/opts/device apply to config files; set them on the CfgNode instead")
@@ -286,6 +289,7 @@ class Segmenter:
                 raise EscnetError(f"cannot load checkpoint {weights_path!r}: {str(err).splitlines()[0]}") from None
         self.resize = T.AugmentationList(build_test_augmentations(cfg))
         self.input_format = cfg.INPUT.FORMAT
+        self.precision = validate_precision(cfg.TEST.PRECISION if precision is None else precision, "precision")
 
     def segment(self, image, vocabulary, color_format="RGB", score_threshold=0.0, return_probabilities=True):
         """Segment one image (path, PIL image or NumPy array) with ``vocabulary``.
@@ -323,7 +327,7 @@ class Segmenter:
     def segment_rgb_arrays(self, arrays, vocabulary, score_threshold=0.0, return_probabilities=True):
         """Run the model on ``H x W x 3`` uint8 RGB arrays sharing one validated ``vocabulary`` tuple."""
         inputs = [self.model_input(array, vocabulary) for array in arrays]
-        with torch.no_grad():
+        with torch.no_grad(), inference_precision(self.precision, self.cfg.MODEL.DEVICE):
             outputs = self.model(inputs)
         return [
             self._result(output["sem_seg"], array.shape[:2], vocabulary, score_threshold, return_probabilities)

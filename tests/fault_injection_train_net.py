@@ -14,8 +14,8 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from torch.utils.data import get_worker_info
 
+import escnet.engine.trainer as trainer_module
 import train_net
-from escnet.data.dataset_mapper import SemanticSegmentationMapper
 from escnet.utils.io import atomic_path
 
 INJECTED_MESSAGE = "injected fault in a DataLoader worker"
@@ -40,20 +40,28 @@ def _instrument():
 
         SimpleTrainer.run_step = run_step
     if os.environ.get("ESCNET_TEST_FAULT") == "worker_exception":
-        original_call = SemanticSegmentationMapper.__call__
-        calls = []
+        original_build = trainer_module.build_train_loader
 
-        def call(self, dataset_dict):
-            if get_worker_info() is not None and comm.get_rank() == 1:
-                calls.append(1)
-                if len(calls) >= 2:
-                    if pid_dir:
-                        _write(os.path.join(pid_dir, "fault.time"), repr(time.time()))
-                    raise RuntimeError(INJECTED_MESSAGE)
-            return original_call(self, dataset_dict)
+        def build_train_loader(cfg, mapper):
+            return original_build(cfg, FaultyMapper(mapper, comm.get_rank(), pid_dir))
 
-        SemanticSegmentationMapper.__call__ = call
+        trainer_module.build_train_loader = build_train_loader
 
+
+class FaultyMapper:
+    """The training mapper of rank ``rank``: in rank 1's DataLoader worker, fail on sample 2."""
+
+    def __init__(self, mapper, rank, pid_dir):
+        self.mapper, self.rank, self.pid_dir, self.calls = mapper, rank, pid_dir, 0
+
+    def __call__(self, dataset_dict):
+        if self.rank == 1 and get_worker_info() is not None:
+            self.calls += 1
+            if self.calls >= 2:
+                if self.pid_dir:
+                    _write(os.path.join(self.pid_dir, "fault.time"), repr(time.time()))
+                raise RuntimeError(INJECTED_MESSAGE)
+        return self.mapper(dataset_dict)
 
 _instrument()
 

@@ -18,7 +18,7 @@ def benchmark_run(tmp_path_factory):
             "--config-file", TINY_CONFIG,
             "--num-classes", ",".join(map(str, NUM_CLASSES)),
             "--sizes", "64,48x80",
-            "--warmup", "1", "--repeats", "2", "--device", "cpu",
+            "--warmup", "1", "--repeats", "2", "--device", "cpu", "--flops-num-classes", "3,5",
             "--output", output,
         ],
         timeout=300,

@@ -4,7 +4,6 @@ against the official rule, and the model's behaviour (FGC off, vocabulary permut
 per dataset, Stable Diffusion loading errors)."""
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

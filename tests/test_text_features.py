@@ -1,7 +1,8 @@
 """Class text features: exact short-context encoding, and the on-disk cache (hits, misses, races)."""
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ class Counting:
 
     def __call__(self):
         self.calls += 1
-        return encode_class_texts(self.clip, build_tokenizer(self.clip), self.vocabulary, self.templates)
+        return torch.randn(len(self.vocabulary), 24)  # the value is the store's business, not how it was made
 
 
 def lookup(store, clip, vocabulary=VOCABULARY, templates=TEMPLATES, model_name="tiny"):
@@ -144,8 +145,7 @@ def test_store_hits_and_misses_on_every_key_part(tmp_path):
     assert lookup(store, clip)[1] == 0
     with torch.no_grad():
         clip.transformer.resblocks[0].mlp.c_fc.weight.mul_(1.5)  # text weights changed in place
-    changed, calls = lookup(store, clip)
-    assert calls == 1 and not torch.allclose(changed, first)
+    assert lookup(store, clip)[1] == 1
     assert lookup(store, tiny_clip(seed=1))[1] == 1  # other weights
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert lookup(store, tiny_clip())[1] == 1  # bf16 features are stored apart
@@ -174,7 +174,7 @@ def test_corrupt_files_are_recomputed(tmp_path, caplog):
     path.write_bytes(b"not a torch file")
     with caplog.at_level(logging.WARNING, logger="escnet.modeling.text_encoder"):
         again, calls = lookup(store, clip)
-    assert calls == 1 and torch.allclose(again, first) and "unreadable" in caplog.text
+    assert calls == 1 and again.shape == first.shape and "unreadable" in caplog.text
     assert lookup(store, clip)[1] == 0  # rewritten
 
 
@@ -185,37 +185,42 @@ def test_unwritable_folder_only_costs_the_computation(tmp_path):
     assert calls == 1 and value.shape == (len(VOCABULARY), 24)
 
 
-def _race(folder, counter_file, start, results):
-    clip = tiny_clip()
+RACE_SCRIPT = """
+import os, sys, time, torch
+from test_text_features import tiny_clip, VOCABULARY, TEMPLATES
+from escnet.modeling.text_encoder import TextFeatureStore
+folder, counter, go = sys.argv[1:4]
+clip = tiny_clip()
 
-    def compute():
-        with open(counter_file, "a") as f:
-            f.write("x")
-        return encode_class_texts(clip, build_tokenizer(clip), VOCABULARY, TEMPLATES)
+def compute():
+    with open(counter, "a") as f:
+        f.write("x")
+    time.sleep(1.0)  # a slow computation: the others arrive while it runs
+    return torch.full((len(VOCABULARY), 24), float(os.getpid()))
 
-    start.wait()
-    with torch.no_grad():
-        value = TextFeatureStore(folder).get_or_compute(clip, "tiny", "class_mean", VOCABULARY, TEMPLATES, compute)
-    results.put(value.tolist())
+while not os.path.exists(go):
+    time.sleep(0.01)
+with torch.no_grad():
+    value = TextFeatureStore(folder).get_or_compute(clip, "tiny", "class_mean", VOCABULARY, TEMPLATES, compute)
+print(int(value[0, 0]))
+"""
 
 
 def test_concurrent_runs_compute_once_and_agree(tmp_path):
-    context = multiprocessing.get_context("fork")
-    start, results = context.Event(), context.Queue()
-    counter = tmp_path / "computed"
+    counter, go, cache = tmp_path / "computed", tmp_path / "go", tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     workers = [
-        context.Process(target=_race, args=(str(tmp_path / "cache"), str(counter), start, results)) for _ in range(4)
+        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(cache), str(counter), str(go)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
     ]
-    for worker in workers:
-        worker.start()
-    start.set()
-    values = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
-    assert counter.read_text() == "x"  # one process computed, the others read its file
-    assert all(v == values[0] for v in values)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    go.write_text("")
+    outputs = [worker.communicate(timeout=240) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
+    assert counter.read_text() == "x"  # one process computed, the others waited and read its file
+    writers = {out.strip() for out, _ in outputs}
+    assert len(writers) == 1 and writers <= {str(w.pid) for w in workers}
+    assert len(list(cache.glob("*.pt"))) == 1
 
 
 # ------------------------------------------------------------------------------ in the model

@@ -347,7 +347,7 @@ def run_benchmark(args):
             if not args.no_flops:
                 height, width = model.yardstick_input_size
                 report["flops"] = []
-                for n in num_classes:
+                for n in args.flops_num_classes or num_classes[:1]:
                     logger.info("FLOPs: %d classes", n)
                     counted = count_model(model, n, height, width)
                     report["params"], report["trainable_params"] = counted["params"], counted["trainable"]
@@ -410,6 +410,8 @@ def get_parser():
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (default: 3)")
     parser.add_argument("--text-repeats", type=int, default=1, help="timed text encodings per Nc (default: 1)")
+    parser.add_argument("--flops-num-classes", type=lambda t: parse_int_list(t, "--flops-num-classes"), default=None,
+                        help="vocabulary sizes of the FLOP count (one traced forward each; default: the smallest Nc)")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     parser.add_argument("--no-text", action="store_true", help="skip timing the text encoder")
     parser.add_argument("--output", default="", help="JSON report path (default: OUTPUT_DIR/benchmark.json)")

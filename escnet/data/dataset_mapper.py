@@ -1,9 +1,10 @@
 """Dataset mapper for semantic segmentation: Detectron2 dicts -> model inputs."""
 import copy
+import struct
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
@@ -12,6 +13,14 @@ from detectron2.data import transforms as T
 from ..utils.errors import EscnetError
 from .build import SKIPPED_KEY, dataset_vocabulary
 from .label_io import read_label_map
+
+
+def _reason(err):
+    """Why PIL could not read a file, in a few words."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image, or damaged"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def build_train_augmentations(cfg):
@@ -141,8 +150,7 @@ class SemanticSegmentationMapper:
         except FileNotFoundError:
             raise EscnetError(f"dataset {dataset!r}: image {path} is missing") from None
         except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated, corrupt or not an image
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise EscnetError(f"dataset {dataset!r}: cannot read image {path} ({reason})") from None
+            raise EscnetError(f"dataset {dataset!r}: cannot read image {path} ({_reason(err)})") from None
 
     def _check_label_readable(self, dataset_dict):
         """At test time the evaluator reads the label: check now that it can (PNG checksums)."""
@@ -153,9 +161,8 @@ class SemanticSegmentationMapper:
                 img.verify()
         except FileNotFoundError:
             raise EscnetError(f"dataset {dataset!r}: label map {path} is missing") from None
-        except (OSError, ValueError, SyntaxError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise EscnetError(f"dataset {dataset!r}: cannot read label map {path} ({reason})") from None
+        except (OSError, ValueError, SyntaxError, struct.error) as err:
+            raise EscnetError(f"dataset {dataset!r}: cannot read label map {path} ({_reason(err)})") from None
 
     def _read_labels(self, dataset_dict):
         dataset = dataset_dict.get("dataset_name", self.dataset_name)

@@ -16,6 +16,7 @@ from ..data.build import build_test_loader, build_train_loader, check_dataset_re
 from ..data.dataset_mapper import SemanticSegmentationMapper
 from ..evaluation import build_evaluator
 from ..utils.io import write_json_atomic
+from ..utils.precision import inference_precision
 from .checkpoint import AtomicCheckpointer
 from .optimizer import build_optimizer
 from .setup import check_meta_architecture
@@ -117,7 +118,8 @@ class Trainer(DefaultTrainer):
             return OrderedDict()
         for name in cfg.DATASETS.TEST:
             check_dataset_registered(name)
-        results = super().test(cfg, model, evaluators)
+        with inference_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE):  # fp32 unless bf16 is asked for
+            results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             write_summary(cfg, results)
         return results

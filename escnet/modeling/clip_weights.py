@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.errors import EscnetError
+from ..utils.names import unknown_name_error
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def resolve_model_config(model_name, tower="vit"):
         config_name = model_name.replace("/", "-")
         model_cfg = open_clip.get_model_config(config_name)
         if model_cfg is None:
-            raise EscnetError(
-                f"unknown open_clip model {model_name!r} (MODEL.ESCNET.CLIP_MODEL); "
-                f"use a name from open_clip.list_models() or a JSON model-config path"
+            raise unknown_name_error(
+                "open_clip model (MODEL.ESCNET.CLIP_MODEL)", model_name, open_clip.list_models(),
+                "list all: python train_net.py --list clip-models (or give a JSON model-config path)",
             )
         model_cfg = copy.deepcopy(model_cfg)
     _check_supported(model_cfg, model_name, tower)

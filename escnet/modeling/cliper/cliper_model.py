@@ -17,7 +17,6 @@ is False: train_net.py --eval-only, the Segmenter and the demo take no ``MODEL.W
 returned ``sem_seg`` is CLIPer's own per-pixel class score (not a softmax), normalised to sum 1
 over the vocabulary at each pixel; its argmax is the official label.
 """
-import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,8 +40,6 @@ from .protocol import CliperProtocol, protocols_from_config
 from .refinement import refine_class_maps
 from .scores import class_scores, foreground_maps, vocabulary_scores
 from .sd_weights import load_sd_parts, resolve_sd_folder
-
-logger = logging.getLogger(__name__)
 
 UINT8_MAX = 255.0
 

@@ -9,6 +9,7 @@ The named self-attention modules get a per-instance :class:`SelfAttentionRecorde
 (diffusers' ``set_processor``) that computes the attention explicitly and keeps its probabilities
 until read. ``forward`` returns ``M x G² x G²`` maps: every head of every named layer, in order.
 """
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -130,8 +131,8 @@ class DiffusionSelfAttention(nn.Module):
         context = self.null_embedding.to(latent.dtype).expand(latent.shape[0], -1, -1)
         self.unet(noisy, timestep, encoder_hidden_states=context, return_dict=False)
         maps = [recorder.take()[0] for recorder in self.recorders]  # heads x Q x K each
-        sizes = {m.shape[-1] for m in maps}
-        side = int(round(next(iter(sizes)) ** 0.5))
+        sizes = {int(m.shape[-1]) for m in maps}
+        side = math.isqrt(next(iter(sizes)))
         if len(sizes) != 1 or side * side != next(iter(sizes)):
             raise EscnetError(
                 f"MODEL.CLIPER.SD_ATTENTION_LAYERS {list(self.layers)} must share one square attention grid; "

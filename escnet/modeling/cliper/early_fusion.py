@@ -17,6 +17,7 @@ class token first), with ``L`` vision blocks:
 The attention is computed explicitly from each block's ``nn.MultiheadAttention`` weights
 (``in_proj_weight``/``bias``, ``out_proj``); the open_clip model is not modified.
 """
+import math
 from typing import List, Tuple
 
 import torch
@@ -74,8 +75,9 @@ def resize_positional_embedding(pos_embed: torch.Tensor, new_grid: Tuple[int, in
     and brought back to the embedding's dtype.
     """
     cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
-    side = int(round(grid_pos.shape[0] ** 0.5))
-    if side * side != grid_pos.shape[0]:
+    rows = int(grid_pos.shape[0])
+    side = math.isqrt(rows)
+    if side * side != rows:
         raise EscnetError(f"CLIP positional embedding has {grid_pos.shape[0]} grid rows, not a square grid")
     width = pos_embed.shape[-1]
     grid = grid_pos.t().reshape(1, width, side, side)

@@ -70,9 +70,8 @@ def build_protocol(values: Mapping, template_sets: Mapping, where: str) -> Clipe
     words = values["BACKGROUND_WORDS"]
     if isinstance(words, str) or any(not isinstance(w, str) or not w.strip() for w in words):
         raise EscnetError(f"{where}.BACKGROUND_WORDS must be a list of non-empty words, got {words!r}")
-    for key in ("LOGIT_SCALE",):
-        if float(values[key]) <= 0:
-            raise EscnetError(f"{where}.{key} must be positive, got {values[key]}")
+    if float(values["LOGIT_SCALE"]) <= 0:
+        raise EscnetError(f"{where}.LOGIT_SCALE must be positive, got {values['LOGIT_SCALE']}")
     for key in ("ATTENTION_THRESHOLD", "SCORE_THRESHOLD", "BACKGROUND_THRESHOLD"):
         if not 0.0 <= float(values[key]) <= 1.0:
             raise EscnetError(f"{where}.{key} must lie in 0..1, got {values[key]}")

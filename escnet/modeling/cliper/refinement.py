@@ -6,6 +6,8 @@ order). Each is divided by its column maxima, zeroed below ``threshold`` and row
 coarse maps, bilinearly resized to ``G x G``, are propagated through the chain
 ``A_1 A_2 ... A_M`` (computed right to left: ``A_1 (A_2 (... (A_M X)))``).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,7 @@ def normalise_self_attention(maps: torch.Tensor, threshold: float) -> torch.Tens
 
 def refine_class_maps(coarse: torch.Tensor, maps: torch.Tensor, threshold: float) -> torch.Tensor:
     """``Nf x h x w`` coarse maps -> ``Nf x G x G`` maps refined by the chained ``maps``."""
-    side = int(round(maps.shape[-1] ** 0.5))
+    side = math.isqrt(int(maps.shape[-1]))
     resized = F.interpolate(coarse[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
     propagated = resized.flatten(1).t()  # G² x Nf
     for index in reversed(range(maps.shape[0])):  # one map at a time bounds memory

@@ -46,7 +46,10 @@ def foreground_maps(refined: torch.Tensor, scores: torch.Tensor, size, protocol:
 
 
 def vocabulary_scores(maps: torch.Tensor, background_index, protocol: CliperProtocol) -> torch.Tensor:
-    """``Nc x H x W`` scores normalised per pixel; the background row inserted at ``background_index``."""
+    """``Nc x H x W`` scores normalised per pixel; the background row inserted at ``background_index``.
+
+    Without a background row ``maps`` itself is normalised (in place) and returned.
+    """
     if background_index is not None:
         if protocol.background_threshold > 0:
             background = torch.full_like(maps[:1], protocol.background_threshold)

@@ -290,11 +290,13 @@ class ESCNet(nn.Module):
         With category early rejection (``MODEL.ESCNET.CER``, inference only) rejected classes
         get the logit ``REJECTED_LOGIT`` (probability 0).
         """
-        logits = None
-        for classes, chunk in self.class_logit_chunks(images, text):
-            if logits is None:
-                logits = chunk.new_full((chunk.shape[0], text.shape[0], *chunk.shape[2:]), REJECTED_LOGIT)
-            logits[:, classes] = chunk
+        chunks = list(self.class_logit_chunks(images, text))
+        if len(chunks) == 1 and chunks[0][1].shape[1] == text.shape[0]:
+            return chunks[0][1]
+        first = chunks[0][1]
+        logits = first.new_full((first.shape[0], text.shape[0], *first.shape[2:]), REJECTED_LOGIT)
+        for classes, chunk in chunks:
+            logits[:, _as_index(classes)] = chunk
         return logits
 
     def class_logit_chunks(self, images: torch.Tensor, text: torch.Tensor):
@@ -399,14 +401,16 @@ class ESCNet(nn.Module):
         (no ``B x Nc x S x S`` tensor is kept), which is then turned into probabilities in place.
         """
         images = torch.stack([self._resize(self._normalise(x["image"]), self.input_size) for x in batched_inputs])
-        outputs = [
-            torch.full((text.shape[0], *self._output_size(x)), REJECTED_LOGIT, device=images.device)
-            for x in batched_inputs
-        ]
+        outputs = [torch.empty(text.shape[0], *self._output_size(x), device=images.device) for x in batched_inputs]
+        written = torch.zeros(text.shape[0], dtype=torch.bool, device=images.device)
         for classes, chunk in self.class_logit_chunks(images, text):
+            written[classes] = True
             classes = _as_index(classes)
             for output, logit in zip(outputs, chunk):
                 output[classes] = F.interpolate(logit[None], size=output.shape[-2:], mode="bilinear", align_corners=False)[0].float()
+        rejected = (~written).nonzero().flatten()
+        for output in outputs:
+            output[rejected] = REJECTED_LOGIT
         return [{"sem_seg": _softmax_over_classes_(output)} for output in outputs]
 
     def _infer_sliding(self, x, text):

@@ -128,6 +128,8 @@ class SamPromptEncoder(PromptEncoder):
             low = layer(low)  # ends N x c x h x w, c = mask_in_chans
         dense = F.linear(low.flatten(2).transpose(1, 2), last.weight.flatten(1), last.bias)  # N x hw x E
         has_mask = prompts.valid.any(dim=1).view(n, 1, 1)
+        if bool(has_mask.all()):  # the usual case (the PPG's peak pixel is foreground): no copy
+            return sparse, dense
         # Under autocast ``dense`` is low precision: keep it so (no full-size fp32 copy).
         return sparse, torch.where(has_mask, dense, no_mask.to(dense.dtype))
 

@@ -112,13 +112,14 @@ class TokenSwinBlock(SwinTransformerBlock):
         heads, area = attn.num_heads, self.window_area
         windows = hw // area
         y = self.norm1(x).index_select(1, self.window_order)
-        qkv = attn.qkv(y).view(n, windows, area, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # N x nW x H x L x d
+        qkv = attn.qkv(y).view(n * windows, area, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (N*nW) x H x L x d
         bias = attn._get_rel_pos_bias()  # 1 x H x L x L
         if self.attn_mask is not None:
-            bias = bias + self.attn_mask.unsqueeze(1).to(bias.dtype)  # nW x H x L x L
+            # a 4-d batch with a full mask takes the fused CPU kernel (a 5-d one does not)
+            bias = (bias + self.attn_mask.unsqueeze(1).to(bias.dtype)).repeat(n, 1, 1, 1)  # (N*nW) x H x L x L
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        y = attn.proj(y.transpose(2, 3).reshape(n, hw, dim)).index_select(1, self.grid_order)
+        y = attn.proj(y.transpose(1, 2).reshape(n, hw, dim)).index_select(1, self.grid_order)
         x = x + y
         return x + self.mlp(self.norm2(x))
 
