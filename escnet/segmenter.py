@@ -4,7 +4,7 @@
     segmenter = Segmenter("tiny", weights="output/model_final.pth")
     result = segmenter.segment("photo.jpg", ["cat", "sofa, couch", "window"])
     result.labels          # H x W, uint8 (uint16 above 255 classes); class index per pixel
-    result.probabilities   # Nc x H x W float32, softmax over the vocabulary
+    result.probabilities   # Nc x H x W float32 scores in 0..1 (ESC-Net: softmax; SED: per-class sigmoid)
 
 Test-time preprocessing follows Detectron2's ``DefaultPredictor``: the image is resized with
 ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, passed as a ``uint8`` tensor in
@@ -70,7 +70,8 @@ class SegmentationResult:
     ``labels``: ``H x W`` class indices into ``vocabulary`` (uint8 up to 255 classes, else uint16);
     pixels whose best probability is below ``score_threshold`` hold ``unlabelled``.
     ``scores``: ``H x W`` float32 probability of the best class.
-    ``probabilities``: ``Nc x H x W`` float32 softmax over the vocabulary, or ``None`` when not
+    ``probabilities``: ``Nc x H x W`` float32 scores, the model's own (ESC-Net: softmax over the
+    vocabulary; SED: one sigmoid per class, which need not sum to 1), or ``None`` when not
     requested. ``H x W`` is the original image size (after EXIF rotation).
     """
 
@@ -247,7 +248,7 @@ def _gray_to_rgb(array):
 
 
 class Segmenter:
-    """An ESC-Net model ready to segment images with any vocabulary (built once, reused).
+    """An escnet model (ESC-Net, SED...) ready to segment images with any vocabulary (built once, reused).
 
     Args:
         config: a config file path, a shipped config name (``"tiny"``, ``"vitb"``, ``"vitl"``) or a

@@ -82,7 +82,8 @@ def test_rank_that_stops_answering_ends_the_run(tmp_path):
     line, seconds = _kill_rank(tmp_path, signal.SIGSTOP, "LAUNCH.HEARTBEAT_TIMEOUT", str(HEARTBEAT_TIMEOUT_S))
     print(f"SIGSTOP of rank 1: run ended {seconds:.1f} s later (heartbeat timeout {HEARTBEAT_TIMEOUT_S} s)")
     assert line.startswith("error: rank 1 stopped answering: no heartbeat for")
-    assert HEARTBEAT_TIMEOUT_S <= seconds < HEARTBEAT_TIMEOUT_S + MAX_SECONDS_TO_END
+    # Detected between timeout - beat interval (timeout / 10) and the bound after the stop.
+    assert 0.9 * HEARTBEAT_TIMEOUT_S - 0.1 <= seconds < HEARTBEAT_TIMEOUT_S + MAX_SECONDS_TO_END
 
 
 def test_exception_in_one_ranks_dataloader_worker_ends_the_run(tmp_path):

@@ -4,33 +4,29 @@
 CLIP: the open_clip architecture of ``--clip-model`` set up for OpenAI weights (QuickGELU), random
 init. Fine-grained compensation: SD-2.1-base's VAE and UNet built from their configs
 (configs/sd/sd21_base_*.json) with random init; the null-prompt embedding is random (the text
-encoder runs once when the model is built, never per image). Per case (FGC off/on x Nc) it reports
-the median latency of ``--repeats`` runs after a warm-up, the ratio to the yardstick (the CLIP image
-encoder alone at SHORT_SIDE x SHORT_SIDE, same process) and the peak RSS; plus the VAE encoding
-and the UNet step alone. Uses tools/benchmark.py's timing and memory helpers.
+encoder runs once when the model is built, never per image). Cases: the yardstick (the CLIP image
+encoder alone at SHORT_SIDE x SHORT_SIDE), the UNet step alone, the VAE encoding alone, and the
+whole model with FGC off/on for each Nc. They run round robin (each case once per round, so load
+changes on a shared CPU hit a round's cases alike); per case: median seconds over ``--repeats``
+rounds after ``--warmup``, median per-round ratio to the yardstick, peak RSS (tools/benchmark.py's
+PeakMemory; includes the weights).
 
     python tools/benchmark_cliper.py --config-file configs/cliper_vitb.yaml --num-classes 21,150 \\
         --output output/benchmark_cliper_vitb.json
 """
 import argparse
+import functools
 import json
 import os
+import statistics
+import time
 import warnings
 
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 import torch  # noqa: E402
 
-from benchmark import (  # noqa: E402  (tools/ is this script's folder)
-    GIB,
-    PeakMemory,
-    benchmark_vocabulary,
-    measure_case,
-    measure_yardstick,
-    parse_int_list,
-    time_calls,
-    timing_summary,
-)
+from benchmark import GIB, PeakMemory, benchmark_vocabulary, parse_int_list  # noqa: E402  (tools/ is this folder)
 from escnet.engine import load_config  # noqa: E402
 from escnet.modeling.clip_weights import clip_architecture  # noqa: E402
 from escnet.modeling.cliper import CLIPer  # noqa: E402
@@ -43,6 +39,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SD_CONFIGS = os.path.join(REPO, "configs", "sd")
 # Length and width of SD-2.1's text-encoder output (OpenCLIP ViT-H/14 text tower, 77 tokens).
 SD_TEXT_TOKENS, SD_TEXT_WIDTH = 77, 1024
+# SD's VAE: image side / latent side.
+VAE_DOWNSAMPLING = 8
 
 
 def read_config(name):
@@ -78,10 +76,14 @@ def build_model(cfg):
     return model.eval()
 
 
-def measure_component(run, warmup, repeats):
+def timed(run, peaks, key):
+    """Seconds of one ``run()``; the peak RSS during it is kept (max) in ``peaks[key]``."""
     with torch.no_grad(), PeakMemory("cpu") as peak:
-        times = time_calls(run, torch.device("cpu"), warmup, repeats)
-    return {**timing_summary(times), "peak_memory_bytes": peak.bytes}
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+    peaks[key] = max(peaks.get(key, 0), peak.bytes)
+    return seconds
 
 
 @cli_entry
@@ -92,8 +94,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=(480, 640),
                         help="HEIGHTxWIDTH of the test image (default 480x640, VOC-like)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--output", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,32 +103,46 @@ def main(argv=None):
     torch.manual_seed(0)
     model = build_model(cfg)
     diffusion = model.diffusion
-    device = torch.device("cpu")
-    report = {"config_file": args.config_file, "clip_model": cfg.MODEL.CLIPER.CLIP_MODEL, "threads": args.threads,
-              "image_size": list(args.image_size), "torch": torch.__version__, "cases": []}
-    report["yardstick"] = measure_yardstick(model, device, "fp32", args.warmup, args.repeats)
-    latent = torch.zeros(1, 4, cfg.MODEL.CLIPER.SD_INPUT_SIZE // 8, cfg.MODEL.CLIPER.SD_INPUT_SIZE // 8)
+    size = cfg.MODEL.CLIPER.SD_INPUT_SIZE
+    latent = torch.zeros(1, 4, size // VAE_DOWNSAMPLING, size // VAE_DOWNSAMPLING)
     timestep = torch.tensor(diffusion.timestep)
-    image = torch.randint(0, 256, (3, *args.image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    report["unet_step"] = measure_component(
-        lambda: diffusion.unet(latent, timestep, encoder_hidden_states=diffusion.null_embedding), args.warmup,
-        args.repeats)
-    report["vae_encode"] = measure_component(lambda: diffusion.latent(image), args.warmup, args.repeats)
-    for fgc in (False, True):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, *args.image_size), dtype=torch.uint8, generator=generator)
+    square = torch.randn(1, 3, *model.yardstick_input_size, generator=generator)
+
+    def segment(fgc, vocabulary):
         model.diffusion = diffusion if fgc else None
+        (output,) = model([{"image": image, "height": args.image_size[0], "width": args.image_size[1],
+                            "vocabulary": vocabulary}])
+        assert output["sem_seg"].shape == (len(vocabulary), *args.image_size)
+
+    runs = {"yardstick": lambda: model.run_yardstick(square),
+            "unet_step": lambda: diffusion.unet(latent, timestep, encoder_hidden_states=diffusion.null_embedding),
+            "vae_encode": lambda: diffusion.latent(image)}
+    for fgc in (False, True):
         for n in args.num_classes:
-            case = measure_case(model, device, "fp32", tuple(args.image_size), benchmark_vocabulary(n, "ade847"),
-                                args.warmup, args.repeats)
-            case.update(fgc=fgc, num_classes=n, ratio_to_yardstick=case["median_s"] / report["yardstick"]["median_s"])
-            report["cases"].append(case)
-            print(f"FGC {'on ' if fgc else 'off'} Nc={n:4d}: {case['median_s']:.2f} s "
-                  f"({case['ratio_to_yardstick']:.1f} x yardstick), peak RSS {case['peak_memory_bytes'] / GIB:.2f} GiB",
-                  flush=True)
-    y = report["yardstick"]
-    print(f"yardstick (CLIP image encoder, {y['input_size'][0]}x{y['input_size'][1]}): {y['median_s']:.3f} s; "
-          f"UNet step alone: {report['unet_step']['median_s']:.2f} s "
-          f"({report['unet_step']['median_s'] / y['median_s']:.1f} x); "
-          f"VAE encode: {report['vae_encode']['median_s']:.2f} s", flush=True)
+            vocabulary = benchmark_vocabulary(n, "ade847")
+            runs[f"fgc_{'on' if fgc else 'off'}_nc{n}"] = functools.partial(segment, fgc, vocabulary)
+    # Round robin: every round times each case once, so a load change on the shared CPU hits all
+    # cases of a round alike; ratios are taken per round, then their median.
+    times, peaks = {key: [] for key in runs}, {}
+    for round_index in range(args.warmup + args.repeats):
+        for key, run in runs.items():
+            seconds = timed(run, peaks, key)
+            if round_index >= args.warmup:
+                times[key].append(seconds)
+        print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v),
+              flush=True)
+    report = {"config_file": args.config_file, "clip_model": cfg.MODEL.CLIPER.CLIP_MODEL, "threads": args.threads,
+              "image_size": list(args.image_size), "yardstick_input_size": list(model.yardstick_input_size),
+              "torch": torch.__version__, "rounds": args.repeats, "cases": {}}
+    for key in runs:
+        ratios = [t / y for t, y in zip(times[key], times["yardstick"])]
+        report["cases"][key] = {"median_s": statistics.median(times[key]), "min_s": min(times[key]),
+                                "ratio_to_yardstick": statistics.median(ratios), "peak_rss_bytes": peaks[key]}
+    print(f"{'case':18s} {'median s':>9s} {'x CLIP':>7s} {'peak GiB':>9s}")
+    for key, case in report["cases"].items():
+        print(f"{key:18s} {case['median_s']:9.2f} {case['ratio_to_yardstick']:7.2f} {case['peak_rss_bytes'] / GIB:9.2f}")
     if args.output:
         write_json_atomic(args.output, report)
     return 0

@@ -82,7 +82,7 @@ class ESCBlock(nn.Module):
         for chunk in chunks:
             maps = class_maps[:, chunk]
             prompts = self.prompt_generator(maps.reshape(-1, h, w))
-            sparse, dense = prompt_encoder.embed_pseudo_prompt_tokens(prompts, self.prompt_types)
+            sparse, dense = prompt_encoder.embed_pseudo_prompt_tokens(prompts, self.prompt_types, factored=True)
             part = self.sam.weighted_keys(image_tokens, text[chunk], sparse, dense, key_pe, weights[:, chunk])
             summed = part if summed is None else summed + part
         return self.sam.fuse_keys(summed, (h, w))

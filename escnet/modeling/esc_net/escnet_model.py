@@ -24,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...data.build import default_vocabulary
 from ...utils.errors import EscnetError
-from ...vocabulary import validate_vocabulary
+from ..model_inputs import batch_vocabulary, normalise_image, output_size, resize_image
 from .clip_encoder import CLIPEncoder
 from .decoder import UpsamplingDecoder
 from .esc_block import ESCBlock, class_chunks
@@ -347,29 +347,17 @@ class ESCNet(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _vocabulary(self, batched_inputs):
-        given = [x.get("vocabulary") for x in batched_inputs]
-        if any(v is not None for v in given):
-            if any(v is None for v in given) or len({tuple(v) for v in given}) > 1:
-                raise EscnetError("all inputs of a batch must share one vocabulary")
-            return validate_vocabulary(given[0])
         default = self.train_vocabulary if self.training else self.test_vocabulary
-        if default is None:
-            raise EscnetError(f"the input has no vocabulary and the config gives none: {self.vocabulary_error}")
-        return default
+        return batch_vocabulary(batched_inputs, default, self.vocabulary_error)
 
     def _normalise(self, image):
         """``3 x H x W`` uint8 (INPUT.FORMAT) -> float RGB normalised with CLIP's mean/std."""
-        image = image.to(self.device, non_blocking=True).float()
-        if self.input_format == "BGR":
-            image = image.flip(0)
-        return (image - self.clip_encoder.pixel_mean) / self.clip_encoder.pixel_std
+        return normalise_image(image, self.device, self.input_format, self.clip_encoder.pixel_mean, self.clip_encoder.pixel_std)
 
     @staticmethod
     def _resize(image, size):
         """``3 x H x W`` -> ``3 x size``, bilinear (no-op when already that size)."""
-        if tuple(image.shape[-2:]) == tuple(size):
-            return image
-        return F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+        return resize_image(image, size)
 
     def _loss(self, logits, targets, num_classes):
         """Per-pixel cross-entropy over the vocabulary at each target's resolution, mean over valid pixels."""
@@ -392,7 +380,7 @@ class ESCNet(nn.Module):
         return total / max(valid, 1)
 
     def _output_size(self, x):
-        return int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1]))
+        return output_size(x)
 
     def _infer_global(self, batched_inputs, text):
         """Global view only: every image resized to ``S x S``, the batch run at once.

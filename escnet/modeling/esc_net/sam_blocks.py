@@ -16,6 +16,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,23 @@ logger = logging.getLogger(__name__)
 PROMPT_TYPES = ("point", "box", "mask")
 SAM_MASK_UPSCALE = 4  # SAM's mask path downsamples its input by 4 (two stride-2 convs)
 DOWNLOAD_TIMEOUT_S = 20
+
+
+@dataclass
+class FactoredDense:
+    """Dense prompt embeddings ``low @ weight^T + bias`` (``N x hw x E``) kept factored.
+
+    ``low``: ``N x hw x r`` (the mask path before its last 1x1 conv, ``r`` = mask_in_chans),
+    ``weight``: ``E x r``, ``bias``: ``E``. Linear maps of the dense embedding then cost ``r``
+    instead of ``E`` multiply-adds per output channel.
+    """
+
+    low: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def materialise(self):
+        return F.linear(self.low, self.weight, self.bias)
 
 
 class SamPromptEncoder(PromptEncoder):
@@ -80,7 +99,7 @@ class SamPromptEncoder(PromptEncoder):
         h, w = self.image_embedding_size
         return sparse, dense.transpose(1, 2).reshape(dense.shape[0], -1, h, w)
 
-    def embed_pseudo_prompt_tokens(self, prompts, prompt_types):
+    def embed_pseudo_prompt_tokens(self, prompts, prompt_types, factored=False):
         """Pseudo prompts -> SAM embeddings, the dense one token-major.
 
         Args:
@@ -94,6 +113,7 @@ class SamPromptEncoder(PromptEncoder):
                 path, or SAM's ``no_mask`` embedding (no mask prompt, or an empty foreground).
                 The mask path's last layer (a 1x1 conv) runs as a linear map on the
                 token-major low-channel features, so no ``E``-channel map is transposed.
+                With ``factored`` and every map masked, a :class:`FactoredDense` instead.
         """
         weight = self.not_a_point_embed.weight  # 1 x E
         n, num_regions = prompts.valid.shape
@@ -126,10 +146,13 @@ class SamPromptEncoder(PromptEncoder):
         low = masks
         for layer in layers:
             low = layer(low)  # ends N x c x h x w, c = mask_in_chans
-        dense = F.linear(low.flatten(2).transpose(1, 2), last.weight.flatten(1), last.bias)  # N x hw x E
+        low = low.flatten(2).transpose(1, 2)  # N x hw x c
         has_mask = prompts.valid.any(dim=1).view(n, 1, 1)
-        if bool(has_mask.all()):  # the usual case (the PPG's peak pixel is foreground): no copy
-            return sparse, dense
+        if bool(has_mask.all()):  # the usual case (the PPG's peak pixel is foreground)
+            if factored:
+                return sparse, FactoredDense(low, last.weight.flatten(1), last.bias)
+            return sparse, F.linear(low, last.weight.flatten(1), last.bias)
+        dense = F.linear(low, last.weight.flatten(1), last.bias)  # N x hw x E
         # Under autocast ``dense`` is low precision: keep it so (no full-size fp32 copy).
         return sparse, torch.where(has_mask, dense, no_mask.to(dense.dtype))
 
@@ -215,12 +238,64 @@ class SamClassBlock(nn.Module):
         """
         b, hw, dim = image_tokens.shape
         nc = text.shape[0]
-        keys = (image_tokens.unsqueeze(1) + dense_tokens.view(b, nc, hw, dim)).view(b * nc, hw, dim)
         text_token = self.text_proj(text).unsqueeze(1).repeat(b, 1, 1)  # (B*c) x 1 x E
         queries = torch.cat([text_token, sparse.to(text_token.dtype)], dim=1)
-        _, keys = self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe.to(keys.dtype))
+        key_pe = key_pe.to(image_tokens.dtype)
+        if isinstance(dense_tokens, FactoredDense):
+            keys = self._two_way_factored(queries, image_tokens, dense_tokens, key_pe)
+        else:
+            keys = (image_tokens.unsqueeze(1) + dense_tokens.view(b, nc, hw, dim)).view(b * nc, hw, dim)
+            _, keys = self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe)
         weights = class_weights.unsqueeze(-1).to(keys.dtype)  # B x c x hw x 1
         return (keys.view(b, nc, hw, dim) * weights).sum(dim=1)
+
+    def _two_way_factored(self, queries, image_tokens, dense, key_pe):
+        """``TwoWayAttentionBlock(queries, image_tokens + dense)``'s refined keys, computed with
+        the dense embedding factored (same function as segment_anything's forward).
+
+        The image keys of class ``n`` are ``I + W z_n + b`` (``I`` shared by the classes of an
+        image, ``z_n`` the ``r``-channel mask features): their projections are the shared
+        projection of ``I`` plus ``(W_proj W) z_n``, and the final residual
+        ``I + W z_n + b + out_proj(a_n)`` is one product of ``[z_n, a_n]``.
+        """
+        block = self.block
+        b, hw, dim = image_tokens.shape
+        n = queries.shape[0]
+        nc = n // b
+        query_pe = queries
+        if block.skip_first_layer_pe:
+            queries = block.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + block.self_attn(q=q, k=q, v=queries)
+        queries = block.norm1(queries)
+
+        def per_class(linear, shared_input):
+            """``linear(shared_input + W z_n + b)`` for every class: ``(B*c) x hw x D``."""
+            shared = linear(shared_input) + F.linear(dense.bias, linear.weight)  # B x hw x D
+            own = F.linear(dense.low, linear.weight @ dense.weight)  # (B*c) x hw x D
+            return (own.view(b, nc, hw, -1) + shared.unsqueeze(1)).view(n, hw, -1)
+
+        # tokens attend to the image
+        attention = block.cross_attn_token_to_image
+        image_with_pe = image_tokens + key_pe
+        q = attention.q_proj(queries + query_pe)
+        k = per_class(attention.k_proj, image_with_pe)
+        v = per_class(attention.v_proj, image_tokens)
+        queries = block.norm2(queries + attention.out_proj(_attend(q, k, v, attention.num_heads)))
+        queries = block.norm3(queries + block.mlp(queries))
+
+        # the image attends to the tokens
+        attention = block.cross_attn_image_to_token
+        q = per_class(attention.q_proj, image_with_pe)
+        tokens_with_pe = queries + query_pe
+        attended = _attend(q, attention.k_proj(tokens_with_pe), attention.v_proj(queries), attention.num_heads)
+        out = attention.out_proj
+        weight = torch.cat([dense.weight, out.weight], dim=1)  # E x (r + D)
+        shared = image_tokens + (dense.bias + out.bias)  # B x hw x E
+        keys = F.linear(torch.cat([dense.low, attended], dim=-1), weight)
+        keys = (keys.view(b, nc, hw, dim) + shared.unsqueeze(1)).view(n, hw, dim)
+        return block.norm4(keys)
 
     def fuse_keys(self, summed, grid_size):
         """``B x hw x E`` weighted sum over all classes -> ``B x Dout x h x w``.
@@ -230,6 +305,15 @@ class SamClassBlock(nn.Module):
         """
         fused = self.fuse(summed)  # B x hw x Dout
         return fused.transpose(1, 2).reshape(fused.shape[0], -1, *grid_size)
+
+
+def _attend(q, k, v, num_heads):
+    """segment_anything's ``Attention`` after its input projections: ``N x Lq x D`` queries,
+    ``N x Lk x D`` keys and values -> ``N x Lq x D`` (before ``out_proj``)."""
+    n, lq, dim = q.shape
+    heads = [x.view(n, x.shape[1], num_heads, dim // num_heads).transpose(1, 2) for x in (q, k, v)]
+    out = F.scaled_dot_product_attention(*heads)  # softmax(q k^T / sqrt(d)) v
+    return out.transpose(1, 2).reshape(n, lq, dim)
 
 
 # ---------------------------------------------------------------------- checkpoint loading
