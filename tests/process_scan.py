@@ -27,7 +27,8 @@ def new_marker():
 
 def run_env(marker, **extra):
     """Environment of a child run: the marker, the repo on PYTHONPATH, unbuffered output."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO, **{MARKER: marker})
+    # One compute thread per process: the ranks share 2 cores (OpenMP spinning otherwise stalls them).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO, OMP_NUM_THREADS="1", **{MARKER: marker})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

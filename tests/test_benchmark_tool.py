@@ -32,7 +32,7 @@ def test_report_schema_and_values(benchmark_run):
     report, _ = benchmark_run
     assert report["schema"] == "escnet-benchmark/1"
     assert report["meta_architecture"] == "ESCNet" and report["device"] == "cpu"
-    assert report["precision"] == "fp32" and report["threads"] == 2 and report["repeats"] == 2
+    assert report["precisions"] == ["fp32"] and report["threads"] == 2 and report["repeats"] == 2
 
     yardstick = report["yardstick"]
     assert yardstick["input_size"] == [64, 64]
@@ -44,7 +44,7 @@ def test_report_schema_and_values(benchmark_run):
         ([48, 80], 3), ([48, 80], 5), ([64, 64], 3), ([64, 64], 5)  # smallest image first
     ]
     for case in cases:
-        assert case["view"] == "single" and len(case["times_s"]) == 2
+        assert case["view"] == "single" and case["precision"] == "fp32" and len(case["times_s"]) == 2
         assert 0 < case["min_s"] <= case["median_s"] <= max(case["times_s"])
         assert min(yardstick["times_s"]) <= case["yardstick_median_s"] <= max(yardstick["times_s"])
         assert case["ratio_to_yardstick"] == pytest.approx(case["median_s"] / case["yardstick_median_s"])

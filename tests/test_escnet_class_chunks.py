@@ -198,3 +198,29 @@ def test_bad_settings_raise(overrides, message):
         cfg.MODEL.ESCNET.CER.AFTER_BLOCK = 2
     with pytest.raises(EscnetError, match=message):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("skip_first_layer_pe", [True, False])
+def test_factored_sam_step_equals_segment_anythings_block(skip_first_layer_pe):
+    """The SAM step with the dense prompt kept factored equals TwoWayAttentionBlock on the sum."""
+    from escnet.modeling.esc_net.prompt_generator import PseudoPromptGenerator
+    from escnet.modeling.esc_net.sam_blocks import FactoredDense, SamClassBlock, SamPromptEncoder
+
+    torch.manual_seed(3)
+    batch, classes, grid, sam_dim = 2, 3, (8, 8), 32
+    block = SamClassBlock(12, 10, 6, sam_dim, 2, 64, 2, skip_first_layer_pe=skip_first_layer_pe)
+    encoder = SamPromptEncoder(sam_dim, grid, 8)
+    maps = torch.randn(batch * classes, *grid)
+    prompts = PseudoPromptGenerator(num_regions=3, threshold=0.5, temperature=0.1, kmeans_iters=5)(maps)
+    sparse, factored = encoder.embed_pseudo_prompt_tokens(prompts, ("point", "mask"), factored=True)
+    assert isinstance(factored, FactoredDense)
+    _, dense = encoder.embed_pseudo_prompt_tokens(prompts, ("point", "mask"))
+    assert torch.allclose(factored.materialise(), dense, atol=1e-6)
+    image_tokens = block.image_tokens(torch.randn(batch, 12, *grid))
+    key_pe = block.key_pe(encoder.get_dense_pe())
+    text = torch.randn(classes, 10)
+    weights = torch.softmax(torch.randn(batch, classes, grid[0] * grid[1]), dim=1)
+    with torch.no_grad():
+        expected = block.weighted_keys(image_tokens, text, sparse, dense, key_pe, weights)
+        result = block.weighted_keys(image_tokens, text, sparse, factored, key_pe, weights)
+    assert torch.allclose(result, expected, atol=1e-5)

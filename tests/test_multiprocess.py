@@ -12,9 +12,9 @@ RUN_TIMEOUT_S = 600
 GENERATION_BANNER = "generating synthetic train"
 
 
-def _train_args(output_dir, *opts):
-    return ["train_net.py", "--config-file", TINY_CONFIG, "OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", "2",
-            "SOLVER.IMS_PER_BATCH", "4", "DATASETS.TEST", "()", *opts]
+def _train_args(output_dir, *opts, num_processes=1):
+    return ["train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", str(num_processes), "OUTPUT_DIR",
+            str(output_dir), "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "4", "DATASETS.TEST", "()", *opts]
 
 
 def _check_complete_dataset(root):
@@ -32,7 +32,7 @@ def _check_complete_dataset(root):
 def test_two_process_training_from_an_empty_dataset_root_three_times(tmp_path):
     for attempt in range(3):
         root, marker = tmp_path / f"datasets{attempt}", new_marker()
-        run = start([*_train_args(tmp_path / f"out{attempt}"), "--num-gpus", "2"], marker, tmp_path / f"logs{attempt}",
+        run = start(_train_args(tmp_path / f"out{attempt}", num_processes=2), marker, tmp_path / f"logs{attempt}",
                     DETECTRON2_DATASETS=root)
         stderr = run.wait(timeout=RUN_TIMEOUT_S)
         assert run.returncode == 0, f"attempt {attempt}:\n{stderr[-3000:]}"

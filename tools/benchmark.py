@@ -20,6 +20,8 @@ and the peak memory while the case ran: the process's peak RSS on the CPU (the k
 high-water mark, reset before each case; it includes the model's weights), or
 ``torch.cuda.max_memory_allocated`` on CUDA. Text encoding is timed separately, with every cache
 bypassed, for each Nc. Parameters and fvcore FLOPs come from ``tools/count_params_flops.py``.
+``--precision fp32,bf16`` runs every case in both precisions (bf16: autocast); the yardstick always
+runs in fp32, so a bf16 case's ratio shows its speed-up.
 
 Views: ``single`` (the model's global view: the image is resized to the input size) and
 ``sliding`` (``TEST.SLIDING_WINDOW True``: windows plus the global view; default image size: the
@@ -32,6 +34,7 @@ import ctypes
 import ctypes.util
 import datetime
 import gc
+import itertools
 import logging
 import math
 import os
@@ -50,7 +53,7 @@ from count_params_flops import count_model  # noqa: E402  (tools/ is this script
 from escnet.segmenter import Segmenter, build_segmenter_config  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 from escnet.utils.io import write_json_atomic  # noqa: E402
-from escnet.utils.precision import PRECISIONS, inference_precision  # noqa: E402
+from escnet.utils.precision import inference_precision, validate_precision  # noqa: E402
 from escnet.vocabulary import builtin_vocabulary  # noqa: E402
 
 logger = logging.getLogger("escnet.benchmark")
@@ -193,6 +196,13 @@ def parse_int_list(text, option):
     return values
 
 
+def parse_precisions(text):
+    values = [validate_precision(v.strip(), "--precision") for v in text.split(",") if v.strip()]
+    if not values:
+        raise EscnetError("--precision is empty")
+    return list(dict.fromkeys(values))
+
+
 def parse_sizes(text):
     """``"384,640x853"`` -> ``[(384, 384), (640, 853)]`` (``S`` or ``HxW``)."""
     sizes = []
@@ -249,11 +259,13 @@ def build_model(args, view):
     return cfg, segmenter.model
 
 
-def measure_yardstick(model, device, precision, warmup, repeats):
+def measure_yardstick(model, device, warmup, repeats):
+    """The CLIP image encoder alone at the model's input size, always in fp32 (so that a bf16
+    case's ratio shows its speed-up)."""
     height, width = model.yardstick_input_size
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(1, 3, height, width, generator=generator).to(device)
-    with torch.no_grad(), inference_precision(precision, device), PeakMemory(device) as peak:
+    with torch.no_grad(), PeakMemory(device) as peak:
         times = time_calls(lambda: model.run_yardstick(images), device, warmup, repeats)
     return {"input_size": [height, width], **timing_summary(times), "peak_memory_bytes": peak.bytes}
 
@@ -304,7 +316,7 @@ def run_benchmark(args):
         "schema": SCHEMA,
         "config_file": args.config_file,
         "opts": list(args.opts),
-        "precision": args.precision,
+        "precisions": list(args.precision),
         "threads": args.threads,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -327,24 +339,25 @@ def run_benchmark(args):
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else report["processor"],
             )
             logger.info("yardstick: CLIP image encoder at %s", tuple(model.yardstick_input_size))
-            report["yardstick"] = measure_yardstick(model, device, args.precision, args.warmup, args.repeats)
+            report["yardstick"] = measure_yardstick(model, device, args.warmup, args.repeats)
             if not args.no_text:
                 for n in num_classes:
                     logger.info("text encoding: %d classes", n)
-                    text = measure_text(model, device, args.precision, benchmark_vocabulary(n, args.vocabulary),
-                                        args.text_repeats)
-                    if text is not None:
-                        report["text"].append(text)
+                    for precision in args.precision:
+                        text = measure_text(model, device, precision, benchmark_vocabulary(n, args.vocabulary),
+                                            args.text_repeats)
+                        if text is not None:
+                            report["text"].append({"precision": precision, **text})
         sizes = args.sizes or [default_image_size(cfg, model, view)]
         for size in sorted(sizes, key=lambda s: s[0] * s[1]):
-            for n in num_classes:
-                logger.info("%s view, %dx%d, %d classes", view, size[0], size[1], n)
-                case = measure_case(model, device, args.precision, size, benchmark_vocabulary(n, args.vocabulary),
+            for n, precision in itertools.product(num_classes, args.precision):
+                logger.info("%s view, %dx%d, %d classes, %s", view, size[0], size[1], n, precision)
+                case = measure_case(model, device, precision, size, benchmark_vocabulary(n, args.vocabulary),
                                     args.warmup, args.repeats)
                 # the yardstick again, right after the case: on a shared machine the load drifts
-                local = measure_yardstick(model, device, args.precision, 0, args.repeats)
+                local = measure_yardstick(model, device, 1, args.repeats)
                 report["yardstick"]["times_s"] += local["times_s"]
-                case = {"view": view, "image_size": list(size), "num_classes": n, **case}
+                case = {"view": view, "image_size": list(size), "num_classes": n, "precision": precision, **case}
                 case["yardstick_median_s"] = local["median_s"]
                 case["ratio_to_yardstick"] = case["median_s"] / local["median_s"]
                 report["cases"].append(case)
@@ -370,33 +383,37 @@ def format_table(report):
     yardstick = report["yardstick"]
     lines = [
         f"config: {report['config_file']}  ({report['meta_architecture']}, {report['device']}, "
-        f"{report['precision']}, {report['threads']} threads, median of {report['repeats']} after "
-        f"{report['warmup']} warm-up)",
-        f"yardstick (CLIP image encoder alone, {yardstick['input_size'][0]}x{yardstick['input_size'][1]}): "
+        f"{report['threads']} threads, median of {report['repeats']} after {report['warmup']} warm-up)",
+        f"yardstick (CLIP image encoder alone, fp32, {yardstick['input_size'][0]}x{yardstick['input_size'][1]}): "
         f"median {yardstick['median_s']:.3f} s, min {yardstick['min_s']:.3f} s",
         "",
-        f"{'view':8s} {'image':>10s} {'Nc':>5s} {'median s':>9s} {'min s':>9s} {'x CLIP':>8s} {'peak GB':>8s}",
+        f"{'view':8s} {'image':>10s} {'Nc':>5s} {'prec':>5s} {'median s':>9s} {'min s':>9s} {'x CLIP':>8s} "
+        f"{'peak GB':>8s}",
     ]
     for case in report["cases"]:
         size = f"{case['image_size'][0]}x{case['image_size'][1]}"
         lines.append(
-            f"{case['view']:8s} {size:>10s} {case['num_classes']:5d} {case['median_s']:9.3f} {case['min_s']:9.3f} "
+            f"{case['view']:8s} {size:>10s} {case['num_classes']:5d} {case['precision']:>5s} "
+            f"{case['median_s']:9.3f} {case['min_s']:9.3f} "
             f"{case['ratio_to_yardstick']:8.1f} {case['peak_memory_bytes'] / GIB:8.2f}"
         )
     kind = report["cases"][0]["memory_kind"] if report["cases"] else "rss"
     lines.append(f"(peak memory: {'process peak RSS' if kind == 'rss' else 'torch.cuda.max_memory_allocated'})")
     if report["text"]:
         lines.append("")
-        lines.append(f"{'text encoding':14s} {'Nc':>5s} {'median s':>9s} {'ms/class':>9s}")
+        lines.append(f"{'text encoding':14s} {'Nc':>5s} {'prec':>5s} {'median s':>9s} {'ms/class':>9s} {'x CLIP':>8s}")
         for text in report["text"]:
-            lines.append(f"{'':14s} {text['num_classes']:5d} {text['median_s']:9.3f} {text['per_class_ms']:9.2f}")
+            lines.append(
+                f"{'':14s} {text['num_classes']:5d} {text['precision']:>5s} {text['median_s']:9.3f} "
+                f"{text['per_class_ms']:9.2f} {text['median_s'] / yardstick['median_s']:8.1f}"
+            )
     lines.append("")
     params = report["params"]
     lines.append(f"parameters: {params['total'] / 1e6:.1f}M total, {report['trainable_params'] / 1e6:.1f}M trainable")
     for flops in report.get("flops", []):
         gflops = flops["gflops"]
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in gflops.items() if k != "total")
-        lines.append(f"GFLOPs at Nc {flops['num_classes']}: {gflops['total']:.1f} ({parts})")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in gflops.items() if k != "total")
+        lines.append(f"GFLOPs at Nc {flops['num_classes']}: {gflops['total']:.2f} ({parts})")
     return "\n".join(lines)
 
 
@@ -413,7 +430,8 @@ def get_parser():
     parser.add_argument("--vocabulary", choices=VOCABULARY_SOURCES, default="ade847",
                         help="class names: the first Nc ADE20K-847 names (default) or generated unique names")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16 autocast")
+    parser.add_argument("--precision", type=parse_precisions, default=["fp32"],
+                        help="comma-separated precisions among fp32, bf16 (autocast); default fp32")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (default: 3)")

@@ -8,9 +8,13 @@ Uses tools/benchmark.py's measurements (median of ``--repeats`` runs after ``--w
 per case, the CLIP-image-encoder yardstick timed in the same process, ratios to it). Weights are
 random (``MODEL.SED.CLIP_PRETRAINED ""``). The text features are random unit vectors fixed per
 vocabulary: SED encodes Nc x 80 prompts once per vocabulary and caches them (A-847: 67,760
-prompts, hours on two CPU cores), so they are not part of a segmentation's latency. Alongside
-the timings: how many classes enter each decoder layer with CER (the union of the per-pixel
-top-k; with random weights it says nothing about trained rejection rates, it is what was timed).
+prompts, hours on two CPU cores), so they are not part of a segmentation's latency.
+
+The image is uniform grey. With random weights every pixel of a noise image ranks the classes
+independently, so the union of 576 pixels' top-8 is nearly the whole vocabulary and CER rejects
+nothing; a trained model ranks neighbouring pixels alike. On a uniform image all pixels away from
+the border agree, so the kept union stays near k, as for a trained model on a scene with few
+classes. The classes entering each decoder layer are reported with the timings.
 """
 import argparse
 import logging
@@ -22,7 +26,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmark import benchmark_vocabulary, measure_case, measure_yardstick  # noqa: E402  (tools/)
+from benchmark import PeakMemory, benchmark_vocabulary, measure_yardstick, time_calls, timing_summary  # noqa: E402
 from escnet.segmenter import Segmenter, build_segmenter_config  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 from escnet.utils.io import write_json_atomic  # noqa: E402
@@ -39,14 +43,34 @@ def random_text_features(model, vocabulary, seed=0):
     return F.normalize(torch.randn(shape, generator=generator), dim=-1).to(model.device)
 
 
-def kept_per_layer(model, vocabulary, text, top_k):
+GREY = 128
+
+
+def benchmark_input(size, vocabulary):
+    """The model input: a uniform grey ``size`` image (see the module docstring)."""
+    image = torch.full((3, *size), GREY, dtype=torch.uint8)
+    return {"image": image, "height": size[0], "width": size[1], "vocabulary": vocabulary}
+
+
+def kept_per_layer(model, x, text, top_k):
     """Classes entering each decoder layer with CER, for the benchmark's image."""
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randn(1, 3, *model.input_size, generator=generator).to(model.device)
+    image = (x["image"].to(model.device).float() - model.encoder.pixel_mean) / model.encoder.pixel_std
     with torch.no_grad():
-        cost, stages = model.cost_map(image, text)
+        cost, stages = model.cost_map(image[None], text)
         _, kept = model.decoder.forward_rejecting(cost, stages, top_k)
     return [int(k.numel()) for k in kept]
+
+
+def measure(model, device, x, warmup, repeats):
+    """Median latency and peak memory of the model on input ``x``."""
+    def run():
+        (output,) = model([x])
+        if tuple(output["sem_seg"].shape) != (len(x["vocabulary"]), x["height"], x["width"]):
+            raise RuntimeError(f"unexpected output shape {tuple(output['sem_seg'].shape)}")
+
+    with torch.no_grad(), PeakMemory(device) as peak:
+        times = time_calls(run, device, warmup, repeats)
+    return {**timing_summary(times), "peak_memory_bytes": peak.bytes}
 
 
 def run(args):
@@ -69,11 +93,12 @@ def run(args):
         model.encoder.encode_text = lambda _vocabulary, _text=text: _text
         model.cer_enabled = cer
         logger.info("Nc %d, CER %s", n, "on" if cer else "off")
-        case = measure_case(model, device, "fp32", size, vocabulary, args.warmup, args.repeats)
+        x = benchmark_input(size, vocabulary)
+        case = measure(model, device, x, args.warmup, args.repeats)
         case.update(num_classes=n, cer=cer, image_size=list(size))
         case["ratio_to_yardstick"] = case["median_s"] / report["yardstick"]["median_s"]
         if cer:
-            case["classes_per_layer"] = kept_per_layer(model, vocabulary, text, args.top_k)
+            case["classes_per_layer"] = kept_per_layer(model, x, text, args.top_k)
         report["cases"].append(case)
         logger.info("  median %.2f s (x%.1f yardstick), peak %.2f GiB", case["median_s"], case["ratio_to_yardstick"],
                     case["peak_memory_bytes"] / GIB)

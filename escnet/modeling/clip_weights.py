@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.errors import EscnetError
+from ..utils.locking import file_lock
 from ..utils.names import unknown_name_error
 
 logger = logging.getLogger(__name__)
@@ -184,12 +185,28 @@ def resolve_checkpoint(model_name, config_name, pretrained, *, offline, cache_di
     host = _download_host(tag_cfg)
     if not _host_reachable(host):
         raise EscnetError(f"CLIP weights {model_name}/{pretrained}: cannot reach {host} (no network?); {hint}")
-    logger.info("Downloading CLIP weights %s/%s from %s", model_name, pretrained, host)
-    try:
-        return open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir or None)
-    except Exception as err:  # network, hub or checksum failures: all mean "get the file yourself"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EscnetError(f"could not download CLIP weights {model_name}/{pretrained} ({reason}); {hint}") from None
+    # One process downloads; other ranks or runs sharing the cache wait, then find the file.
+    with file_lock(_download_lock_target(tag_cfg, cache_dir)):
+        cached = _cached_tag_file(tag_cfg, cache_dir)
+        if cached:
+            return cached
+        logger.info("Downloading CLIP weights %s/%s from %s", model_name, pretrained, host)
+        try:
+            return open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir or None)
+        except Exception as err:  # network, hub or checksum failures: all mean "get the file yourself"
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EscnetError(f"could not download CLIP weights {model_name}/{pretrained} ({reason}); {hint}") from None
+
+
+def _download_lock_target(tag_cfg, cache_dir):
+    """The path whose file lock serialises downloads of a tag (its URL cache file, or a hub repo entry)."""
+    url = tag_cfg.get("url", "")
+    if url:
+        return _url_cache_path(url, cache_dir)
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo_id = _hf_candidates(tag_cfg)[-1][0]
+    return os.path.join(cache_dir or HF_HUB_CACHE, f"escnet-download-{repo_id.replace('/', '--')}")
 
 
 def _download_host(tag_cfg):

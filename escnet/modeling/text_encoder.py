@@ -131,13 +131,13 @@ def _length_groups(clip_model, tokens, chunk_size):
     """
     positions = _pool_positions(clip_model, tokens)
     if positions is None:
-        order, lengths = torch.arange(tokens.shape[0]), [tokens.shape[0]]
+        order, counts = torch.arange(tokens.shape[0]), [tokens.shape[0]]
     else:
         order = torch.argsort(positions, stable=True)
-        lengths = torch.unique_consecutive(positions[order], return_counts=True)[1].tolist()
+        counts = torch.unique_consecutive(positions[order], return_counts=True)[1].tolist()  # prompts per length
     groups = []
-    for length in lengths:
-        groups += [chunk_size] * (length // chunk_size) + ([length % chunk_size] if length % chunk_size else [])
+    for count in counts:
+        groups += [chunk_size] * (count // chunk_size) + ([count % chunk_size] if count % chunk_size else [])
     return order, groups
 
 

@@ -135,7 +135,7 @@ class CLIPer(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(clip_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.tokenizer = build_tokenizer(clip_model)
         self.text_chunk_size = int(text_chunk_size)
-        # (entries, templates, device, dtype) -> L2-normalised text features; least recently used dropped.
+        # (entries, templates, device, dtype, autocast) -> L2-normalised text features; LRU dropped.
         self._text_cache = TextFeatureCache(text_cache_size)
 
     @classmethod
@@ -199,8 +199,8 @@ class CLIPer(nn.Module):
         entries, templates = tuple(entries), tuple(templates)
         weight = self.clip.token_embedding.weight
         if not entries:
-            return weight.new_zeros(0, int(self.clip.text_projection.shape[-1]))
-        key = (entries, templates, weight.device, weight.dtype)
+            return weight.new_zeros(0, int(self.clip.visual.output_dim))
+        key = (entries, templates, weight.device, weight.dtype, torch.is_autocast_enabled(weight.device.type))
         return self._text_cache.get_or_compute(
             key, lambda: encode_class_texts(self.clip, self.tokenizer, entries, templates, self.text_chunk_size)
         )

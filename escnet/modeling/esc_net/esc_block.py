@@ -55,7 +55,9 @@ class ESCBlock(nn.Module):
             vocabulary_text: text features whose set the class attention attends to
                 (default ``text``; with category early rejection: the whole vocabulary).
         Returns:
-            ``(F_v' B x E x h x w, class features B x Nc x hw x E, maps B x Nc x h x w)``.
+            ``(F_v' B x E x h x w, class features B x Nc x hw x E, maps B x Nc x h x w)``;
+            without autograd and with several chunks the class features are written into
+            ``class_features`` itself.
         """
         refined_image = self.image_skip(image)
         chunks = class_chunks(text.shape[0], chunk_size)
@@ -63,11 +65,19 @@ class ESCBlock(nn.Module):
             refined_image = refined_image + self._sam_step(image, text, class_maps, prompt_encoder, chunks)
         guidance = self.fusion.image_guidance(refined_image)
         summary = self.fusion.class_attention.text_summary(text if vocabulary_text is None else vocabulary_text)
+        # Without autograd each chunk's output replaces its input (no chunk reads another's
+        # features): one B x Nc x hw x E tensor instead of two.
+        in_place = len(chunks) > 1 and not torch.is_grad_enabled()
         features, maps = [], []
         for chunk in chunks:
             f, m = self.fusion(class_features[:, chunk], guidance, summary, class_maps[:, chunk])
-            features.append(f)
+            if in_place:
+                class_features[:, chunk] = f
+            else:
+                features.append(f)
             maps.append(m)
+        if in_place:
+            return refined_image, class_features, torch.cat(maps, dim=1)
         if len(chunks) == 1:
             return refined_image, features[0], maps[0]
         return refined_image, torch.cat(features, dim=1), torch.cat(maps, dim=1)

@@ -27,6 +27,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
 from ...utils.errors import EscnetError
 from ...utils.io import atomic_path
+from ...utils.locking import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -335,16 +336,20 @@ def resolve_sam_checkpoint(path_or_url: str) -> str:
     cached = os.path.join(cache_dir, filename)
     if os.path.isfile(cached):
         return cached
-    logger.info("Downloading SAM checkpoint %s to %s", path_or_url, cached)
     os.makedirs(cache_dir, exist_ok=True)
-    try:
-        with urllib.request.urlopen(path_or_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            _copy_with_progress(response, cached, filename)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise EscnetError(
-            f"cannot download the SAM checkpoint {path_or_url} ({err}); put {filename} into "
-            f"{cache_dir} or set MODEL.ESCNET.SAM_CHECKPOINT to its local path"
-        ) from None
+    # One process downloads (other ranks or runs wait for the lock, then find the file).
+    with file_lock(cached):
+        if os.path.isfile(cached):
+            return cached
+        logger.info("Downloading SAM checkpoint %s to %s", path_or_url, cached)
+        try:
+            with urllib.request.urlopen(path_or_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                _copy_with_progress(response, cached, filename)
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            raise EscnetError(
+                f"cannot download the SAM checkpoint {path_or_url} ({err}); put {filename} into "
+                f"{cache_dir} or set MODEL.ESCNET.SAM_CHECKPOINT to its local path"
+            ) from None
     return cached
 
 

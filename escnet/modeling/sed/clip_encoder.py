@@ -9,12 +9,13 @@ Image side (``encode_image``), for ``B x 3 x S x S`` normalised images:
 
 Text side (``encode_text``): ``Nc x P x C`` L2-normalised embeddings, one per (class, template);
 the synonyms of an entry are averaged per template (``encode_class_template_texts``). Cached per
-(vocabulary, templates, device, dtype, autocast). The text tower never trains.
+(vocabulary, templates, device, dtype, autocast) in memory and, with ``MODEL.TEXT_CACHE``, on
+disk. The text tower never trains.
 
 Fine-tuning (``finetune``): ``"full"`` trains the whole image tower (the official setting),
 ``"none"`` freezes it. Every parameter of this module is in the optimizer's ``"clip"`` group.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +25,14 @@ from detectron2.config import configurable
 from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from ..clip_weights import build_clip_model, offline_mode
-from ..text_encoder import TextFeatureCache, build_tokenizer, encode_class_template_texts, validate_templates
+from ..text_encoder import (
+    TextFeatureCache,
+    TextFeatureStore,
+    build_tokenizer,
+    encode_class_template_texts,
+    text_feature_store,
+    validate_templates,
+)
 
 FINETUNE_MODES = ("full", "none")
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -51,9 +59,11 @@ class ConvNextCLIPEncoder(nn.Module):
         cache_dir: str = "",
         text_chunk_size: int = 1024,
         text_cache_size: int = 8,
+        text_store: Optional[TextFeatureStore] = None,
         load_pretrained: bool = True,
     ):
-        """Arguments mirror ``MODEL.SED.CLIP_*``; ``load_pretrained`` False when ``MODEL.WEIGHTS``
+        """Arguments mirror ``MODEL.SED.CLIP_*``; ``text_store``: the on-disk text-feature cache
+        (``MODEL.TEXT_CACHE``; None: memory only); ``load_pretrained`` False when ``MODEL.WEIGHTS``
         (a trained SED checkpoint) replaces every tensor, so nothing is downloaded."""
         super().__init__()
         if finetune not in FINETUNE_MODES:
@@ -77,6 +87,8 @@ class ConvNextCLIPEncoder(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(info["mean"]).view(3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(info["std"]).view(3, 1, 1) * 255.0, persistent=False)
 
+        self.model_name = model_name
+        self.text_store = text_store
         self.tokenizer = build_tokenizer(self.clip)
         self.text_chunk_size = int(text_chunk_size)
         self._templates = validate_templates(templates, "MODEL.SED.CLIP_TEMPLATES")
@@ -97,6 +109,7 @@ class ConvNextCLIPEncoder(nn.Module):
             "cache_dir": s.CLIP_CACHE_DIR,
             "text_chunk_size": s.CLIP_TEXT_CHUNK_SIZE,
             "text_cache_size": s.CLIP_TEXT_CACHE_SIZE,
+            "text_store": text_feature_store(cfg),
             "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
 
@@ -149,6 +162,7 @@ class ConvNextCLIPEncoder(nn.Module):
         return self._text_cache.get_or_compute(
             key,
             lambda: encode_class_template_texts(
-                self.clip, self.tokenizer, vocabulary, self._templates, self.text_chunk_size
+                self.clip, self.tokenizer, vocabulary, self._templates, self.text_chunk_size,
+                store=self.text_store, model_name=self.model_name,
             ),
         )

@@ -30,7 +30,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...utils.errors import EscnetError
+from ...vocabulary import validate_vocabulary
 from ..model_inputs import batch_vocabulary, check_labels, config_vocabularies, normalise_image, output_size, resize_image
+from ..text_encoder import encode_class_template_texts
 from .clip_encoder import ConvNextCLIPEncoder
 from .decoder import GradualFusionDecoder
 from .official_checkpoint import convert_on_load
@@ -129,8 +131,8 @@ class SED(nn.Module):
 
     def encode_vocabulary(self, vocabulary) -> torch.Tensor:
         """``Nc x P x C`` text features of ``vocabulary`` computed afresh (no cache; for timing)."""
-        self.encoder.clear_text_cache()
-        return self.encoder.encode_text(vocabulary)
+        e = self.encoder
+        return encode_class_template_texts(e.clip, e.tokenizer, validate_vocabulary(vocabulary), e.templates, e.text_chunk_size)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs):
