@@ -72,8 +72,10 @@ def _create_and_read(folder, results):
 
 
 def test_create_once_builds_once_and_waiters_read_the_finished_result(tmp_path):
+    import escnet.utils.locking  # noqa: F401  (imported once here, not in each forked child)
+
     folder = str(tmp_path / "artefact")
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # cheap: the children need nothing new
     results = context.Queue()
     processes = [context.Process(target=_create_and_read, args=(folder, results)) for _ in range(4)]
     for process in processes:
@@ -92,7 +94,7 @@ def test_file_lock_timeout_is_one_line_error(tmp_path):
     from escnet.utils.locking import file_lock
 
     target = tmp_path / "weights.pth"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     holder = context.Process(target=_hold_lock, args=(str(target), 30))
     holder.start()
     try:

