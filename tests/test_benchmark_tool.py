@@ -74,7 +74,7 @@ def test_params_and_flops_match_the_model(benchmark_run):
 
 def test_table_lists_every_case(benchmark_run):
     _, stdout = benchmark_run
-    assert "yardstick (CLIP image encoder alone, 64x64)" in stdout
+    assert "yardstick (CLIP image encoder alone, fp32, 64x64)" in stdout
     rows = [line.split() for line in stdout.splitlines() if line.startswith("single")]
     assert [(r[1], int(r[2])) for r in rows] == [("48x80", 3), ("48x80", 5), ("64x64", 3), ("64x64", 5)]
 
