@@ -36,7 +36,7 @@ def test_report_schema_and_values(benchmark_run):
 
     yardstick = report["yardstick"]
     assert yardstick["input_size"] == [64, 64]
-    assert len(yardstick["times_s"]) == 2 * (1 + 4)  # before the cases, then after each of the 4 cases
+    assert len(yardstick["times_s"]) == 2 * (1 + 2 * 4)  # once first, then before and after each of the 4 cases
     assert 0 < yardstick["min_s"] <= yardstick["median_s"]
 
     cases = report["cases"]

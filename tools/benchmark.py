@@ -14,8 +14,9 @@ Example (the README's performance table):
 Per case (view x image size x vocabulary size Nc) it reports the median and minimum of
 ``--repeats`` timed forward passes after ``--warmup`` untimed ones (text features cached, as in
 an evaluation), the ratio of the median to the yardstick's median (the CLIP image encoder alone
-at the model's input size, timed in the same process right after the case, so that a shared
-machine's drifting load cancels out: the ratio is the figure that travels between machines),
+at the model's input size, timed in the same process right before and after the case, so that a
+shared machine's drifting load mostly cancels out: the ratio is the figure that travels between
+machines),
 and the peak memory while the case ran: the process's peak RSS on the CPU (the kernel's
 high-water mark, reset before each case; it includes the model's weights), or
 ``torch.cuda.max_memory_allocated`` on CUDA. Text encoding is timed separately, with every cache
@@ -352,14 +353,15 @@ def run_benchmark(args):
         for size in sorted(sizes, key=lambda s: s[0] * s[1]):
             for n, precision in itertools.product(num_classes, args.precision):
                 logger.info("%s view, %dx%d, %d classes, %s", view, size[0], size[1], n, precision)
+                # the yardstick right before and after the case: on a shared machine the load drifts
+                before = measure_yardstick(model, device, 1, args.repeats)["times_s"]
                 case = measure_case(model, device, precision, size, benchmark_vocabulary(n, args.vocabulary),
                                     args.warmup, args.repeats)
-                # the yardstick again, right after the case: on a shared machine the load drifts
-                local = measure_yardstick(model, device, 1, args.repeats)
-                report["yardstick"]["times_s"] += local["times_s"]
+                local = before + measure_yardstick(model, device, 1, args.repeats)["times_s"]
+                report["yardstick"]["times_s"] += local
                 case = {"view": view, "image_size": list(size), "num_classes": n, "precision": precision, **case}
-                case["yardstick_median_s"] = local["median_s"]
-                case["ratio_to_yardstick"] = case["median_s"] / local["median_s"]
+                case["yardstick_median_s"] = statistics.median(local)
+                case["ratio_to_yardstick"] = case["median_s"] / case["yardstick_median_s"]
                 report["cases"].append(case)
         if "params" not in report:
             report["params"], report["trainable_params"] = parameter_counts(model)

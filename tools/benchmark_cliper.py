@@ -4,7 +4,8 @@
 CLIP: the open_clip architecture of ``--clip-model`` set up for OpenAI weights (QuickGELU), random
 init. Fine-grained compensation: SD-2.1-base's VAE and UNet built from their configs
 (configs/sd/sd21_base_*.json) with random init; the null-prompt embedding is random (the text
-encoder runs once when the model is built, never per image). Cases: the yardstick (the CLIP image
+encoder runs once when the model is built, never per image); one prompt template (text features
+are cached before timing). Cases: the yardstick (the CLIP image
 encoder alone at SHORT_SIDE x SHORT_SIDE), the UNet step alone, the VAE encoding alone, and the
 whole model with FGC off/on for each Nc. They run round robin (each case once per round, so load
 changes on a shared CPU hit a round's cases alike); per case: median seconds over ``--repeats``
