@@ -137,15 +137,16 @@ def build_segmenter_config(config, weights=None, opts=(), device=None):
     ``MODEL.DEVICE`` given in ``opts``, else picks CUDA when available.
     """
     opts = list(opts or [])
-    cfg = load_config(resolve_config_file(config), opts, freeze=False)
-    if weights is not None:
-        cfg.MODEL.WEIGHTS = os.fspath(weights)
+    # The device goes in before loading, so that a config's default "cuda" is not warned about.
     if device is not None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EscnetError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-        cfg.MODEL.DEVICE = device
+        opts += ["MODEL.DEVICE", device]
     elif "MODEL.DEVICE" not in opts[::2]:
-        cfg.MODEL.DEVICE = default_device()
+        opts += ["MODEL.DEVICE", default_device()]
+    cfg = load_config(resolve_config_file(config), opts, freeze=False)
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = os.fspath(weights)
     if cfg.INPUT.FORMAT not in COLOR_FORMATS:
         raise EscnetError(f"INPUT.FORMAT must be one of {COLOR_FORMATS}, got {cfg.INPUT.FORMAT!r}")
     cfg.freeze()

@@ -21,10 +21,15 @@ def pytest_configure(config):
     root = tempfile.mkdtemp(prefix="escnet-test-datasets-")
     config._escnet_datasets = root
     os.environ["DETECTRON2_DATASETS"] = root
+    # The on-disk text-feature cache (default $XDG_CACHE_HOME/escnet) stays private to the run too.
+    cache = tempfile.mkdtemp(prefix="escnet-test-cache-")
+    config._escnet_cache = cache
+    os.environ["XDG_CACHE_HOME"] = cache
 
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_escnet_datasets", ""), ignore_errors=True)
+    shutil.rmtree(getattr(config, "_escnet_cache", ""), ignore_errors=True)
 
 
 def run_cli(args, timeout=600, cwd=REPO, env=None):

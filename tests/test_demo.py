@@ -167,7 +167,7 @@ def test_random_weights_only_with_explicit_flag(tmp_path):
     ]
     assert _run(argv) == 0
     summary = json.loads((tmp_path / "out" / "photo_summary.json").read_text())
-    assert summary["model"] == {"config": CONFIG, "weights": "", "device": "cpu"}
+    assert summary["model"] == {"config": CONFIG, "weights": "", "device": "cpu", "precision": "fp32"}
 
 
 def test_folder_and_glob_inputs_with_threshold(checkpoint, segmenter, use_segmenter, tmp_path, monkeypatch):

@@ -91,6 +91,8 @@ def encode_prompt_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
 
 def _pool_positions(clip_model, tokens):
     """``P`` pooled token positions when cutting the context is exact for ``clip_model``, else None."""
+    if torch.jit.is_tracing():  # data-dependent cuts cannot be traced (fvcore FLOP counts): full context
+        return None
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
     if not all(hasattr(clip_model, name) for name in needed) or clip_model.attn_mask is None:
         return None
@@ -330,6 +332,8 @@ class TextFeatureStore:
 
     def get_or_compute(self, clip_model, model_name, kind, vocabulary, templates, compute) -> torch.Tensor:
         """The stored embeddings of this key, or ``compute()``'s (then stored), on the tower's device."""
+        if torch.jit.is_tracing():  # fvcore FLOP counting: count the computation, touch no files
+            return compute()
         device = clip_model.token_embedding.weight.device
         key = self.key(clip_model, model_name, kind, vocabulary, templates)
         path = self.path(key)
