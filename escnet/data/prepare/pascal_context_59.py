@@ -101,12 +101,16 @@ def convert_detail_image(job, lut):
     write_label_map(job.outputs[0], remap(labels, lut, f"{job.source} ({job.image['file_name']})"))
 
 
-def prepare_pascal_context_59(root, workers=None):
-    """Write ``annotations_detectron2/pc59_val`` under ``root/VOCdevkit/VOC2010``."""
+def prepare_detail_labels(root, out_name, make_lookup_table, title, workers=None):
+    """Paint the Detail val annotations, remap them with ``make_lookup_table(max_id)``, write PNGs.
+
+    Output: ``annotations_detectron2/<out_name>`` under ``root/VOCdevkit/VOC2010`` (shared by
+    PC-59 and PC-60, which differ only in their lookup tables).
+    """
     base = os.path.join(root, "VOCdevkit", "VOC2010")
     json_path = os.path.join(base, "trainval_merged.json")
     val_images, by_image = load_detail_annotations(json_path)
-    out_dir = os.path.join(base, "annotations_detectron2", "pc59_val")
+    out_dir = os.path.join(base, "annotations_detectron2", out_name)
     jobs = [
         DetailImageJob(
             image=img,
@@ -117,9 +121,14 @@ def prepare_pascal_context_59(root, workers=None):
         for img in val_images
     ]
     max_id = max((int(a["category_id"]) for anns in by_image.values() for a in anns), default=0)
-    worker = functools.partial(convert_detail_image, lut=pascal_context_59_lookup_table(max_id))
-    written, skipped = run_jobs(jobs, worker, "PASCAL-Context-59 val", workers)
+    worker = functools.partial(convert_detail_image, lut=make_lookup_table(max_id))
+    written, skipped = run_jobs(jobs, worker, title, workers)
     return PrepareSummary(written, skipped, (out_dir,))
+
+
+def prepare_pascal_context_59(root, workers=None):
+    """Write ``annotations_detectron2/pc59_val`` under ``root/VOCdevkit/VOC2010``."""
+    return prepare_detail_labels(root, "pc59_val", pascal_context_59_lookup_table, "PASCAL-Context-59 val", workers)
 
 
 main = prepare_cli(prepare_pascal_context_59, "Prepare PASCAL-Context-59 validation labels (0..58, ignore 255).")

@@ -8,13 +8,10 @@ Prepared: ``VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<image stem>.png``
           so no pixel is ignored; this is MMSegmentation's ``SegmentationClassContext`` encoding,
           which CLIPer (and SCLIP, ClearCLIP) evaluate as "Context" (60 classes).
 """
-import functools
-import os
-
 import numpy as np
 
-from .common import PrepareSummary, load_table, lookup_table, prepare_cli, run_jobs
-from .pascal_context_59 import DetailImageJob, convert_detail_image, load_detail_annotations
+from .common import load_table, lookup_table, prepare_cli
+from .pascal_context_59 import prepare_detail_labels
 
 BACKGROUND = 0
 
@@ -28,23 +25,7 @@ def pascal_context_60_lookup_table(max_id):
 
 def prepare_pascal_context_60(root, workers=None):
     """Write ``annotations_detectron2/pc60_val`` under ``root/VOCdevkit/VOC2010``."""
-    base = os.path.join(root, "VOCdevkit", "VOC2010")
-    json_path = os.path.join(base, "trainval_merged.json")
-    val_images, by_image = load_detail_annotations(json_path)
-    out_dir = os.path.join(base, "annotations_detectron2", "pc60_val")
-    jobs = [
-        DetailImageJob(
-            image=img,
-            annotations=tuple(by_image.get(img["image_id"], ())),
-            outputs=(os.path.join(out_dir, os.path.splitext(img["file_name"])[0] + ".png"),),
-            source=json_path,
-        )
-        for img in val_images
-    ]
-    max_id = max((int(a["category_id"]) for anns in by_image.values() for a in anns), default=0)
-    worker = functools.partial(convert_detail_image, lut=pascal_context_60_lookup_table(max_id))
-    written, skipped = run_jobs(jobs, worker, "PASCAL-Context-60 val", workers)
-    return PrepareSummary(written, skipped, (out_dir,))
+    return prepare_detail_labels(root, "pc60_val", pascal_context_60_lookup_table, "PASCAL-Context-60 val", workers)
 
 
 main = prepare_cli(
