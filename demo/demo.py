@@ -35,7 +35,7 @@ from escnet.segmenter import Segmenter, read_image  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 from escnet.utils.io import atomic_path, save_image_atomic, write_json_atomic  # noqa: E402
 from escnet.utils.precision import PRECISIONS  # noqa: E402
-from escnet.visualization import UNLABELLED_NAME, class_color, render_overlay  # noqa: E402
+from escnet.visualization import render_overlay, segmentation_summary  # noqa: E402
 from escnet.vocabulary import load_vocabulary_file, parse_vocabulary_string  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm")
@@ -177,23 +177,9 @@ def plan_outputs(entries, output):
 
 def summarize(job, result, legend, timing, args, cfg):
     """The JSON summary of one segmented image; class shares and the unlabelled share sum to 1."""
-    shares, unlabelled_share = result.pixel_shares()
-    height, width = result.image_size
     return {
         "input": job.source,
-        "image_size": {"height": height, "width": width},
-        "vocabulary": list(result.vocabulary),
-        "classes": [
-            {"label": i, "name": name, "pixel_share": float(share), "color": list(class_color(name))}
-            for i, (name, share) in enumerate(zip(result.vocabulary, shares))
-        ],
-        "present": [entry.name for entry in legend],
-        "unlabelled": {
-            "label": int(result.unlabelled),
-            "name": UNLABELLED_NAME,
-            "pixel_share": float(unlabelled_share),
-        },
-        "score_threshold": result.score_threshold,
+        **segmentation_summary(result, legend),
         "outputs": {"overlay": os.path.basename(job.overlay), "label_map": os.path.basename(job.labels)},
         "model": {
             "config": args.config_file,

@@ -191,3 +191,28 @@ def render_overlay(image, labels, vocabulary, unlabelled, opacity=0.5, legend="s
     for i, (color, text, swatch) in enumerate(rows):
         layout.draw_row(draw, x0, y0 + layout.pad + i * layout.row, color, text, swatch)
     return np.asarray(canvas), entries
+
+
+def segmentation_summary(result, present):
+    """The JSON fields shared by every summary of one ``SegmentationResult`` (demo, web page).
+
+    ``present``: the legend entries shown (classes present, largest first). Class shares and the
+    unlabelled share sum to 1.
+    """
+    shares, unlabelled_share = result.pixel_shares()
+    height, width = result.image_size
+    return {
+        "image_size": {"height": height, "width": width},
+        "vocabulary": list(result.vocabulary),
+        "classes": [
+            {"label": i, "name": name, "pixel_share": float(share), "color": list(class_color(name))}
+            for i, (name, share) in enumerate(zip(result.vocabulary, shares))
+        ],
+        "present": [entry.name for entry in present],
+        "unlabelled": {
+            "label": int(result.unlabelled),
+            "name": UNLABELLED_NAME,
+            "pixel_share": float(unlabelled_share),
+        },
+        "score_threshold": result.score_threshold,
+    }

@@ -42,7 +42,7 @@ from .data.label_io import write_label_map
 from .segmenter import pil_to_rgb_array
 from .utils.errors import EscnetError
 from .utils.io import write_json_atomic
-from .visualization import UNLABELLED_NAME, class_color, render_overlay
+from .visualization import UNLABELLED_NAME, class_color, render_overlay, segmentation_summary
 from .vocabulary import builtin_vocabulary, validate_vocabulary
 
 __all__ = [
@@ -333,24 +333,10 @@ class SegmentationService:
 
     def _summary(self, image, result, present, model_name, label_map_path, timing):
         """The JSON summary (same keys as ``demo/demo.py``'s, plus the original size when downscaled)."""
-        shares, unlabelled_share = result.pixel_shares()
-        height, width = result.image_size
         segmenter = self.segmenters[model_name]
         summary = {
             "input": image.name,
-            "image_size": {"height": height, "width": width},
-            "vocabulary": list(result.vocabulary),
-            "classes": [
-                {"label": i, "name": name, "pixel_share": float(share), "color": list(class_color(name))}
-                for i, (name, share) in enumerate(zip(result.vocabulary, shares))
-            ],
-            "present": [entry.name for entry in present],
-            "unlabelled": {
-                "label": int(result.unlabelled),
-                "name": UNLABELLED_NAME,
-                "pixel_share": float(unlabelled_share),
-            },
-            "score_threshold": result.score_threshold,
+            **segmentation_summary(result, present),
             "outputs": {"label_map": os.path.basename(label_map_path)},
             "model": {
                 "name": model_name,

@@ -287,6 +287,35 @@ def _text_tensors(clip_model):
     )
 
 
+class CachedTextEncoderMixin(torch.nn.Module):
+    """Owns ``_templates`` and an in-memory ``_text_cache`` (``TextFeatureCache``) for a CLIP encoder.
+
+    The cache is emptied whenever its content could be stale: templates replaced, train/eval
+    switched, weights loaded.
+    """
+
+    @property
+    def templates(self) -> Tuple[str, ...]:
+        return self._templates
+
+    @templates.setter
+    def templates(self, templates):
+        self._templates = validate_templates(templates)
+        self._text_cache.clear()
+
+    def clear_text_cache(self):
+        """Forget cached class embeddings (weights, templates or mode changed)."""
+        self._text_cache.clear()
+
+    def train(self, mode: bool = True):
+        self._text_cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._text_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
 class TextFeatureStore:
     """Class embeddings on disk: one ``<folder>/<key hash>.pt`` file per key.
 

@@ -29,6 +29,7 @@ from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from ..clip_weights import build_clip_model, offline_mode, resize_grid_embedding
 from ..text_encoder import (
+    CachedTextEncoderMixin,
     TextFeatureCache,
     TextFeatureStore,
     build_tokenizer,
@@ -48,7 +49,7 @@ def default_intermediate_layers(depth):
     return [max(depth // 3 - 1, 0), max(2 * depth // 3 - 1, 0)]
 
 
-class CLIPEncoder(nn.Module):
+class CLIPEncoder(CachedTextEncoderMixin):
     """open_clip CLIP wrapped for dense open-vocabulary segmentation (see the module doc).
 
     Attributes: ``embed_dim`` (C, joint space), ``width`` (D, vision width), ``grid_size``
@@ -169,28 +170,6 @@ class CLIPEncoder(nn.Module):
                 param.requires_grad = ".attn." in name and ".resblocks." in name
             else:
                 param.requires_grad = False
-
-    # ------------------------------------------------------------------ templates / cache
-    @property
-    def templates(self) -> Tuple[str, ...]:
-        return self._templates
-
-    @templates.setter
-    def templates(self, templates):
-        self._templates = validate_templates(templates)
-        self._text_cache.clear()
-
-    def clear_text_cache(self):
-        """Forget cached class embeddings (weights, templates or mode changed)."""
-        self._text_cache.clear()
-
-    def train(self, mode: bool = True):
-        self._text_cache.clear()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._text_cache.clear()
-        return super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ image
     def encode_image_dense(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:

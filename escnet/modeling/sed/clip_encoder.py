@@ -18,7 +18,6 @@ Fine-tuning (``finetune``): ``"full"`` trains the whole image tower (the officia
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 
@@ -26,6 +25,7 @@ from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from ..clip_weights import build_clip_model, offline_mode
 from ..text_encoder import (
+    CachedTextEncoderMixin,
     TextFeatureCache,
     TextFeatureStore,
     build_tokenizer,
@@ -38,7 +38,7 @@ FINETUNE_MODES = ("full", "none")
 STAGE_STRIDES = (4, 8, 16, 32)
 
 
-class ConvNextCLIPEncoder(nn.Module):
+class ConvNextCLIPEncoder(CachedTextEncoderMixin):
     """open_clip ConvNeXt CLIP for SED (see the module docstring).
 
     Attributes: ``embed_dim`` (C), ``stage_dims`` (channels of res2..res5), ``input_size``
@@ -112,22 +112,6 @@ class ConvNextCLIPEncoder(nn.Module):
             "text_store": text_feature_store(cfg),
             "load_pretrained": not cfg.MODEL.WEIGHTS,
         }
-
-    # ------------------------------------------------------------------ templates / cache
-    @property
-    def templates(self) -> Tuple[str, ...]:
-        return self._templates
-
-    def clear_text_cache(self):
-        self._text_cache.clear()
-
-    def train(self, mode: bool = True):
-        self._text_cache.clear()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._text_cache.clear()
-        return super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ image
     def encode_image(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
