@@ -142,6 +142,10 @@ def _add_escnet_model_config(cfg):
     # Classes per chunk through the per-class stages (PPG, SAM step, VLF, decoder): bounds the
     # memory of large vocabularies; exact for any value (0: all classes at once).
     cfg.MODEL.ESCNET.CLASS_CHUNK_SIZE = 32
+    # Memory budget (MiB) of one forward's B x Nc x hw x HIDDEN_DIM class features: sliding-window
+    # inference runs as many views per forward as fit (at least 1, at most TEST.SLIDING_BATCH),
+    # so large vocabularies stay in bounded memory (0: always TEST.SLIDING_BATCH views).
+    cfg.MODEL.ESCNET.CLASS_FEATURE_BUDGET_MB = 256
     # Category early rejection (SED-style, inference only, an approximation; off = paper protocol):
     # after ESC block AFTER_BLOCK (0: from the CLIP correlation) only the union over pixels of each
     # pixel's TOP_K highest-scoring classes continues; the others get probability 0.

@@ -58,7 +58,6 @@ def reference_fusion(visual, images):
     from escnet.modeling.cliper.early_fusion import resize_positional_embedding
 
     blocks = visual.transformer.resblocks
-    depth = len(blocks)
     grid = (images.shape[-2] // visual.patch_size[0], images.shape[-1] // visual.patch_size[1])
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.view(1, 1, -1), x], dim=1)
@@ -200,7 +199,8 @@ def test_protocol_labels_follow_official_rule(background_threshold, normalize):
 
     protocol = CliperProtocol(templates=("{}",), background_words=(), logit_scale=50.0, attention_threshold=0.2,
                               select_layer=-1, score_threshold=0.45, background_threshold=background_threshold,
-                              normalize_maps=normalize, background_class_index=0)
+                              normalize_maps=normalize, background_class_index=0, sliding_crop_size=0,
+                              sliding_stride=0)
     generator = torch.Generator().manual_seed(3)
     refined = torch.rand(5, 8, 8, generator=generator) ** 3
     coarse = torch.rand(5, 6, 6, generator=generator)
@@ -345,7 +345,7 @@ def test_bad_protocol_keys_are_one_line_errors(tmp_path):
 
     with pytest.raises(EscnetError, match="unknown key.*SCORE_TRESHOLD"):
         build(config=config_with_protocols(tmp_path, "synthetic_shapes_val:\n  SCORE_TRESHOLD: 0.5"))
-    with pytest.raises(EscnetError, match="not a MODEL.CLIPER.TEMPLATE_SETS name"):
+    with pytest.raises(EscnetError, match="not a template set name of MODEL.CLIPER.TEMPLATE_SETS or TEMPLATE_FILES"):
         build(["MODEL.CLIPER.DEFAULT_PROTOCOL.TEMPLATES", "imagenet"])
     with pytest.raises(EscnetError, match="SELECT_LAYER 5 is outside the 3 layers"):
         build(["MODEL.CLIPER.DEFAULT_PROTOCOL.SELECT_LAYER", "5"])

@@ -1,10 +1,12 @@
-"""SED (escnet/modeling/sed): CER, vocabulary handling, official checkpoints, LR groups, the API."""
+"""SED (escnet/modeling/sed): CER, vocabulary handling, official checkpoints, LR groups, the API,
+tools/benchmark_sed.py."""
+import json
 import os
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 SED_TINY = os.path.join(REPO, "configs", "sed_tiny.yaml")
 SED_B = os.path.join(REPO, "configs", "sed_convnext_b.yaml")
@@ -366,3 +368,45 @@ def test_offline_missing_convnext_weights_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(EscnetError, match="not available offline.*MODEL.SED.CLIP_PRETRAINED") as info:
         build_model(sed_cfg(SED_B, ["MODEL.SED.CLIP_OFFLINE", "True", "MODEL.SED.CLIP_CACHE_DIR", str(tmp_path)]))
     assert "convnext_base_w_320" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ tools/benchmark_sed.py
+def test_benchmark_sed_smoke_and_combined_table(tmp_path):
+    """tools/benchmark_sed.py on the tiny config (one timed run per case: a smoke run, not a speed
+    claim), then the combined table from its report beside a tools/benchmark.py report."""
+    report_path = tmp_path / "sed.json"
+    proc = run_cli(["tools/benchmark_sed.py", "--config-file", SED_TINY, "--num-classes", "3,12", "--top-k", "1",
+                    "--warmup", "0", "--repeats", "1", "--output", str(report_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == "escnet-benchmark-sed/1" and report["top_k"] == 1
+    cases = {(c["num_classes"], c["cer"]): c for c in report["cases"]}
+    assert set(cases) == {(3, True), (12, True), (3, False), (12, False)}
+    for case in cases.values():
+        assert case["ratio_to_yardstick"] == pytest.approx(case["median_s"] / case["yardstick_median_s"])
+        assert len(report["yardstick"]["times_s"]) == 1 + 2 * len(cases)  # before and after each case
+        assert case["peak_memory_bytes"] > 0 and case["image_size"] == [64, 64]
+    # k = 1 on the 2 x 2 grid before the first decoder layer: at most 4 of 12 classes go on.
+    kept = cases[(12, True)]["classes_per_layer"]
+    assert len(kept) == 3 and 1 <= kept[2] <= kept[1] <= kept[0] <= 4
+    row = "| SED | sed_tiny.yaml | 64x64 | 12 | k = 1 | "
+    assert row in proc.stdout and "| SED | sed_tiny.yaml | 64x64 | 12 | off | " in proc.stdout
+
+    escnet = {  # the fields of a tools/benchmark.py report (schema escnet-benchmark/1) that the table reads
+        "schema": "escnet-benchmark/1", "config_file": "configs/tiny.yaml", "meta_architecture": "ESCNet",
+        "opts": ["MODEL.ESCNET.CER.ENABLED", "True", "MODEL.ESCNET.CER.TOP_K", "5"],
+        "yardstick": {"median_s": 0.5, "input_size": [64, 64]},
+        "cases": [{"view": "single", "image_size": [64, 64], "num_classes": 6, "precision": "fp32", "median_s": 2.0,
+                   "ratio_to_yardstick": 4.0, "yardstick_median_s": 0.5, "peak_memory_bytes": 2**30, "memory_kind": "rss"}],
+    }
+    escnet_path = tmp_path / "escnet.json"
+    escnet_path.write_text(json.dumps(escnet))
+    proc = run_cli(["tools/benchmark_sed.py", "--from-report", str(report_path), "--combine-with", str(escnet_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = lines.index("| model | config | input | Nc | CER | median s | x yardstick | yardstick: CLIP image encoder | peak memory |")
+    assert lines[header + 2] == "| ESCNet | tiny.yaml | 64x64 | 6 | k = 5 | 2.00 | 4.00 | 0.50 s at 64x64 | 1.00 GiB |"
+    assert sum(line.startswith("| SED | sed_tiny.yaml |") for line in lines[header:]) == 4
+    # Reports of the wrong tool are a one-line error.
+    proc = run_cli(["tools/benchmark_sed.py", "--from-report", str(escnet_path)])
+    assert proc.returncode != 0 and "not a report of escnet-benchmark-sed/1" in proc.stderr

@@ -31,8 +31,6 @@ so that the allocator's retained memory from an earlier case does not inflate a 
 The table goes to stdout and the JSON (atomically written) to ``--output``.
 """
 import argparse
-import ctypes
-import ctypes.util
 import datetime
 import gc
 import itertools
@@ -54,6 +52,7 @@ from count_params_flops import count_model  # noqa: E402  (tools/ is this script
 from escnet.segmenter import Segmenter, build_segmenter_config  # noqa: E402
 from escnet.utils.errors import EscnetError, cli_entry  # noqa: E402
 from escnet.utils.io import write_json_atomic  # noqa: E402
+from escnet.utils.memory import release_free_heap  # noqa: E402
 from escnet.utils.precision import inference_precision, validate_precision  # noqa: E402
 from escnet.vocabulary import builtin_vocabulary  # noqa: E402
 
@@ -93,7 +92,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             return self
-        _trim_heap()
+        release_free_heap()
         self.start_bytes = _current_rss()
         if not _reset_kernel_peak_rss():
             import psutil
@@ -122,16 +121,6 @@ class PeakMemory:
         else:
             self.bytes = _kernel_peak_rss()
         return False
-
-
-def _trim_heap():
-    """Return freed heap pages to the system (glibc), so the reset peak starts from live memory."""
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def _reset_kernel_peak_rss():

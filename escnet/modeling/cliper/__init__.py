@@ -1,5 +1,6 @@
 """CLIPer (training-free): early-layer fusion over CLIP, optional fine-grained compensation with
-Stable Diffusion's self-attention, per-dataset protocols.
+Stable Diffusion's self-attention, per-dataset protocols (thresholds, background, templates from
+built-in sets or files, the official sliding window).
 
 Importing this package registers ``CLIPer`` in Detectron2's ``META_ARCH_REGISTRY``.
 """

@@ -6,7 +6,8 @@ Per image (``Nf`` foreground classes of the vocabulary, CLIP grid ``h x w``):
 1. the image is resized so its shorter side is ``SHORT_SIDE`` (bicubic, sides rounded to patch
    multiples) and normalised with CLIP's mean/std;
 2. early-layer fusion (:mod:`.early_fusion`) gives every layer's patch features and the fused
-   attention; :mod:`.class_maps` turns them into ``Nf x h x w`` coarse maps;
+   attention; :mod:`.class_maps` turns them into ``Nf x h x w`` coarse maps (with the protocol's
+   sliding window, :mod:`.sliding_window`, blended with the windows' maps first);
 3. with ``FGC``, Stable Diffusion's self-attention (:mod:`.diffusion_attention`) refines them to
    ``Nf x G x G`` (:mod:`.refinement`); without it the coarse maps are used as they are;
 4. :mod:`.scores` rescales them to the original image and applies the input's protocol
@@ -32,14 +33,21 @@ from ...utils.errors import EscnetError
 from ...vocabulary import validate_vocabulary
 from ..clip_weights import build_clip_model, offline_mode
 from ..model_inputs import batch_vocabulary, output_size
-from ..text_encoder import TextFeatureCache, build_tokenizer, encode_class_texts
-from .class_maps import coarse_class_maps
+from ..text_encoder import (
+    TextFeatureCache,
+    TextFeatureStore,
+    build_tokenizer,
+    encode_class_texts,
+    text_feature_store,
+)
+from .class_maps import class_texts, propagate_class_maps, text_probabilities
 from .diffusion_attention import DiffusionSelfAttention, null_prompt_embedding
 from .early_fusion import EarlyLayerFusion
 from .protocol import CliperProtocol, protocols_from_config
 from .refinement import refine_class_maps
 from .scores import class_scores, foreground_maps, vocabulary_scores
 from .sd_weights import load_sd_parts, resolve_sd_folder
+from .sliding_window import sliding_window_logits
 
 UINT8_MAX = 255.0
 
@@ -87,11 +95,14 @@ class CLIPer(nn.Module):
         dataset_protocols: Dict[str, CliperProtocol],
         short_side: int,
         refined_score_weight: float = 0.5,
+        sliding_weight: float = 0.5,
         input_format: str = "RGB",
         test_vocabulary=None,
         vocabulary_error: str = "",
         text_chunk_size: int = 1024,
         text_cache_size: int = 8,
+        text_store: Optional[TextFeatureStore] = None,
+        clip_name: str = "",
     ):
         """
         Args:
@@ -102,14 +113,19 @@ class CLIPer(nn.Module):
                 ``"dataset_name"``.
             short_side: the CLIP input's shorter side (before rounding to patch multiples).
             refined_score_weight: weight of the refined map's peak in a class's score.
+            sliding_weight: weight of the sliding-window probabilities (protocols with a window).
             test_vocabulary: vocabulary of inputs without one (None: such inputs raise
                 ``EscnetError`` with ``vocabulary_error``).
+            text_store: on-disk text-feature cache (``MODEL.TEXT_CACHE``); None: memory only.
+            clip_name: the CLIP model's name in the on-disk cache's key (``MODEL.CLIPER.CLIP_MODEL``).
         """
         super().__init__()
         if short_side < 1:
             raise EscnetError(f"MODEL.CLIPER.SHORT_SIDE must be positive, got {short_side}")
         if not 0.0 <= refined_score_weight <= 1.0:
             raise EscnetError(f"MODEL.CLIPER.FGC_SCORE_WEIGHT must lie in 0..1, got {refined_score_weight}")
+        if not 0.0 <= sliding_weight <= 1.0:
+            raise EscnetError(f"MODEL.CLIPER.SLIDING_WEIGHT must lie in 0..1, got {sliding_weight}")
         if input_format not in ("RGB", "BGR"):
             raise EscnetError(f"INPUT.FORMAT={input_format!r}: CLIPer takes RGB or BGR images")
         if text_chunk_size < 1:
@@ -124,10 +140,17 @@ class CLIPer(nn.Module):
                 raise EscnetError(
                     f"SELECT_LAYER {protocol.select_layer} is outside the {self.fusion.depth} layers of the CLIP ViT"
                 )
+            sizes = (protocol.sliding_crop_size, protocol.sliding_stride) if protocol.sliding_crop_size else ()
+            if any(size % p for size in sizes for p in self.fusion.patch_size):
+                raise EscnetError(
+                    f"SLIDING_CROP_SIZE {protocol.sliding_crop_size} and SLIDING_STRIDE {protocol.sliding_stride} "
+                    f"must be multiples of the CLIP patch size {self.fusion.patch_size[0]}"
+                )
         self.default_protocol = default_protocol
         self.dataset_protocols = dict(dataset_protocols)
         self.short_side = int(short_side)
         self.refined_score_weight = float(refined_score_weight)
+        self.sliding_weight = float(sliding_weight)
         self.input_format = input_format
         self.test_vocabulary = tuple(test_vocabulary) if test_vocabulary else None
         self.vocabulary_error = vocabulary_error
@@ -137,10 +160,18 @@ class CLIPer(nn.Module):
         self.text_chunk_size = int(text_chunk_size)
         # (entries, templates, device, dtype, autocast) -> L2-normalised text features; LRU dropped.
         self._text_cache = TextFeatureCache(text_cache_size)
+        # Memory misses go to the shared on-disk store (keyed by name, text weights, templates, entries).
+        self.text_store = text_store
+        self.clip_name = str(clip_name)
 
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.CLIPER
+        if cfg.TEST.SLIDING_WINDOW:
+            raise EscnetError(
+                "TEST.SLIDING_WINDOW is not CLIPer's sliding window: set it False and use "
+                "MODEL.CLIPER.DEFAULT_PROTOCOL.SLIDING_CROP_SIZE (or DATASET_PROTOCOLS.<dataset>.SLIDING_CROP_SIZE)"
+            )
         default_protocol, dataset_protocols = protocols_from_config(cfg)
         clip_model, info = build_clip_model(
             c.CLIP_MODEL, c.CLIP_PRETRAINED, offline=offline_mode(c.CLIP_OFFLINE), cache_dir=c.CLIP_CACHE_DIR
@@ -158,11 +189,14 @@ class CLIPer(nn.Module):
             "dataset_protocols": dataset_protocols,
             "short_side": c.SHORT_SIDE,
             "refined_score_weight": c.FGC_SCORE_WEIGHT,
+            "sliding_weight": c.SLIDING_WEIGHT,
             "input_format": cfg.INPUT.FORMAT,
             "test_vocabulary": test_vocabulary,
             "vocabulary_error": error,
             "text_chunk_size": c.TEXT_CHUNK_SIZE,
             "text_cache_size": c.TEXT_CACHE_SIZE,
+            "text_store": text_feature_store(cfg),
+            "clip_name": c.CLIP_MODEL,
         }
 
     # ------------------------------------------------------------------ parameters / benchmark
@@ -195,14 +229,19 @@ class CLIPer(nn.Module):
                                       self.text_chunk_size)
 
     def text_features(self, entries: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """``len(entries) x C`` L2-normalised text features (cached; ``0 x C`` for no entries)."""
+        """``len(entries) x C`` L2-normalised text features (``0 x C`` for no entries).
+
+        Cached in memory and, with ``MODEL.TEXT_CACHE.ENABLED``, on disk: foreground classes and
+        background words are two entries of the shared store, each keyed by its names and templates.
+        """
         entries, templates = tuple(entries), tuple(templates)
         weight = self.clip.token_embedding.weight
         if not entries:
             return weight.new_zeros(0, int(self.clip.visual.output_dim))
         key = (entries, templates, weight.device, weight.dtype, torch.is_autocast_enabled(weight.device.type))
         return self._text_cache.get_or_compute(
-            key, lambda: encode_class_texts(self.clip, self.tokenizer, entries, templates, self.text_chunk_size)
+            key, lambda: encode_class_texts(self.clip, self.tokenizer, entries, templates, self.text_chunk_size,
+                                            store=self.text_store, model_name=self.clip_name)
         )
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -231,9 +270,15 @@ class CLIPer(nn.Module):
         clip_input = self.clip_input(rgb)
         features, attention = self.fusion(clip_input)
         grid = self.fusion.grid_size(clip_input)
-        coarse = coarse_class_maps(
-            features[:, 0], attention[0], fg_text.to(features.dtype), bg_text.to(features.dtype),
-            protocol.logit_scale, protocol.attention_threshold, protocol.select_layer,
+        fg_text, bg_text = fg_text.to(features.dtype), bg_text.to(features.dtype)
+        probs = text_probabilities(features[:, 0], fg_text, bg_text, protocol.logit_scale)  # L x N x Nf
+        if protocol.sliding_crop_size:
+            merged = sliding_window_logits(self.fusion, clip_input, class_texts(fg_text, bg_text),
+                                           protocol.logit_scale, protocol.sliding_crop_size, protocol.sliding_stride)
+            windows = merged.transpose(-1, -2).softmax(dim=-1)[..., : fg_text.shape[0]]  # L x N x Nf
+            probs = self.sliding_weight * windows + (1 - self.sliding_weight) * probs
+        coarse = propagate_class_maps(
+            probs, attention[0], protocol.attention_threshold, protocol.select_layer
         ).reshape(-1, *grid)
         if self.diffusion is None:
             return coarse, coarse

@@ -35,6 +35,11 @@ def add_cliper_config(cfg):
     c.TEMPLATE_SETS = CN(new_allowed=True)
     for name, templates in DEFAULT_TEMPLATE_SETS.items():
         c.TEMPLATE_SETS[name] = list(templates)
+    # Template files (one template per line, as the official car_template.txt / openai_template.txt):
+    # a non-empty path replaces the TEMPLATE_SETS entry of its name ("": the built-in set).
+    c.TEMPLATE_FILES = CN(new_allowed=True)
+    for name in DEFAULT_TEMPLATE_SETS:
+        c.TEMPLATE_FILES[name] = ""
 
     # --- protocol: how class maps become labels. DEFAULT_PROTOCOL applies to inputs of any other
     # dataset (the demo, the Python API); DATASET_PROTOCOLS.<dataset name> overrides some of its keys.
@@ -57,7 +62,13 @@ def add_cliper_config(cfg):
     p.NORMALIZE_MAPS = False
     # Vocabulary entry that is the background (not a text class; scored by the rule above); -1: none.
     p.BACKGROUND_CLASS_INDEX = -1
+    # sliding_crop_size: > 0, the CLIP input is also cut into windows of this side (pixels, a patch
+    # multiple), SLIDING_STRIDE apart, whose maps are merged and blended in (SLIDING_WEIGHT); 0: off.
+    p.SLIDING_CROP_SIZE = 0
+    p.SLIDING_STRIDE = 112
     c.DATASET_PROTOCOLS = CN(new_allowed=True)
+    # Weight of the sliding-window probabilities in their blend with the whole image's (official: 0.5).
+    c.SLIDING_WEIGHT = 0.5
 
     # --- fine-grained compensation with Stable Diffusion's self-attention (optional)
     c.FGC = True

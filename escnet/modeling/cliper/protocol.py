@@ -11,6 +11,7 @@ from typing import Dict, Mapping, Tuple
 
 from ...utils.errors import EscnetError
 from ..text_encoder import validate_templates
+from .templates import template_sets_from_config
 
 # Config key -> field of CliperProtocol.
 PROTOCOL_KEYS = {
@@ -23,6 +24,8 @@ PROTOCOL_KEYS = {
     "BACKGROUND_THRESHOLD": "background_threshold",
     "NORMALIZE_MAPS": "normalize_maps",
     "BACKGROUND_CLASS_INDEX": "background_class_index",
+    "SLIDING_CROP_SIZE": "sliding_crop_size",
+    "SLIDING_STRIDE": "sliding_stride",
 }
 
 
@@ -39,6 +42,8 @@ class CliperProtocol:
     background_threshold: float
     normalize_maps: bool
     background_class_index: int
+    sliding_crop_size: int
+    sliding_stride: int
 
     def foreground_vocabulary(self, vocabulary):
         """``(foreground entries, background index or None)`` of a validated vocabulary."""
@@ -63,8 +68,8 @@ def build_protocol(values: Mapping, template_sets: Mapping, where: str) -> Clipe
     set_name = values["TEMPLATES"]
     if set_name not in template_sets:
         raise EscnetError(
-            f"{where}.TEMPLATES={set_name!r} is not a MODEL.CLIPER.TEMPLATE_SETS name "
-            f"({', '.join(sorted(template_sets))})"
+            f"{where}.TEMPLATES={set_name!r} is not a template set name of MODEL.CLIPER.TEMPLATE_SETS "
+            f"or TEMPLATE_FILES ({', '.join(sorted(template_sets))})"
         )
     templates = validate_templates(template_sets[set_name], f"MODEL.CLIPER.TEMPLATE_SETS.{set_name}")
     words = values["BACKGROUND_WORDS"]
@@ -75,6 +80,11 @@ def build_protocol(values: Mapping, template_sets: Mapping, where: str) -> Clipe
     for key in ("ATTENTION_THRESHOLD", "SCORE_THRESHOLD", "BACKGROUND_THRESHOLD"):
         if not 0.0 <= float(values[key]) <= 1.0:
             raise EscnetError(f"{where}.{key} must lie in 0..1, got {values[key]}")
+    crop, stride = int(values["SLIDING_CROP_SIZE"]), int(values["SLIDING_STRIDE"])
+    if crop < 0:
+        raise EscnetError(f"{where}.SLIDING_CROP_SIZE must be >= 0 (0: no sliding window), got {crop}")
+    if crop and not 0 < stride <= crop:
+        raise EscnetError(f"{where}.SLIDING_STRIDE must lie in 1..SLIDING_CROP_SIZE ({crop}), got {stride}")
     return CliperProtocol(
         templates=templates,
         background_words=tuple(w.strip() for w in words),
@@ -85,13 +95,15 @@ def build_protocol(values: Mapping, template_sets: Mapping, where: str) -> Clipe
         background_threshold=float(values["BACKGROUND_THRESHOLD"]),
         normalize_maps=bool(values["NORMALIZE_MAPS"]),
         background_class_index=int(values["BACKGROUND_CLASS_INDEX"]),
+        sliding_crop_size=crop,
+        sliding_stride=stride,
     )
 
 
 def protocols_from_config(cfg) -> Tuple[CliperProtocol, Dict[str, CliperProtocol]]:
     """``(default protocol, {dataset name: protocol})`` from ``MODEL.CLIPER``."""
     c = cfg.MODEL.CLIPER
-    template_sets = {name: list(templates) for name, templates in c.TEMPLATE_SETS.items()}
+    template_sets = template_sets_from_config(c)
     defaults = dict(c.DEFAULT_PROTOCOL)
     default = build_protocol(defaults, template_sets, "MODEL.CLIPER.DEFAULT_PROTOCOL")
     per_dataset = {}

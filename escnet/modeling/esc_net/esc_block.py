@@ -8,10 +8,14 @@ Inputs and outputs of block k (``B`` images, ``Nc`` classes, grid ``h x w``):
   * class maps ``B x Nc x h x w`` (block 1: the correlation) -> the next block's maps.
 With no SAM block (``SAM_INIT: none``) ``F_v'`` is a 1x1 projection of the image features.
 
-Classes run in chunks of ``chunk_size`` through every per-class stage (PPG, SAM step, VLF);
-the only sums over classes (the SAM outputs' weighted mean, the class attention's sums over the
-text features) are accumulated over chunks or computed once, so the result is the same for any
-chunk size and the memory of the per-class stages is bounded by the chunk.
+Classes run in chunks through every per-class stage (PPG, SAM step, VLF): the class features
+are a list of chunks ``B x c_i x hw x E`` (:func:`class_chunks` of the vocabulary). The only
+sums over classes (the SAM outputs' weighted mean, the class attention's sums over the text
+features) are accumulated over chunks or computed once, so the result is the same for any
+chunking and the memory of the per-class stages is bounded by the chunk. Each chunk's refined
+features replace its input in the list as soon as they exist (no chunk reads another's), so a
+block never holds two copies of the vocabulary's class features, and a consumer (the decoder)
+can free them chunk by chunk.
 """
 import torch
 from torch import nn
@@ -21,6 +25,15 @@ def class_chunks(num_classes: int, chunk_size: int):
     """``slice`` objects covering ``range(num_classes)`` in pieces of ``chunk_size`` (0: one piece)."""
     step = chunk_size if chunk_size > 0 else max(num_classes, 1)
     return [slice(start, min(start + step, num_classes)) for start in range(0, num_classes, step)]
+
+
+def chunk_slices(chunks):
+    """``slice`` of the classes each of ``chunks`` (``B x c_i x ...`` tensors, in order) holds."""
+    slices, start = [], 0
+    for chunk in chunks:
+        slices.append(slice(start, start + chunk.shape[1]))
+        start += chunk.shape[1]
+    return slices
 
 
 class ESCBlock(nn.Module):
@@ -45,42 +58,31 @@ class ESCBlock(nn.Module):
         self.prompt_types = tuple(prompt_types)
         self.class_weight_temperature = float(class_weight_temperature)
 
-    def forward(self, image, text, class_features, class_maps, prompt_encoder, chunk_size=0, vocabulary_text=None):
+    def forward(self, image, text, class_features, class_maps, prompt_encoder, vocabulary_text=None):
         """See the module docstring.
 
         Args:
             text: ``Nc x Ct`` text features of the classes in ``class_features``.
+            class_features: list of chunks ``B x c_i x hw x E`` covering the ``Nc`` classes in
+                order; updated in place (each chunk replaced by its refined features).
+            class_maps: ``B x Nc x h x w``.
             prompt_encoder: the shared :class:`SamPromptEncoder` (None without SAM).
-            chunk_size: classes per chunk (0: all at once).
             vocabulary_text: text features whose set the class attention attends to
                 (default ``text``; with category early rejection: the whole vocabulary).
         Returns:
-            ``(F_v' B x E x h x w, class features B x Nc x hw x E, maps B x Nc x h x w)``;
-            without autograd and with several chunks the class features are written into
-            ``class_features`` itself.
+            ``(F_v' B x E x h x w, class_features (the same list), maps B x Nc x h x w)``.
         """
         refined_image = self.image_skip(image)
-        chunks = class_chunks(text.shape[0], chunk_size)
+        chunks = chunk_slices(class_features)
         if self.sam is not None:
             refined_image = refined_image + self._sam_step(image, text, class_maps, prompt_encoder, chunks)
         guidance = self.fusion.image_guidance(refined_image)
         summary = self.fusion.class_attention.text_summary(text if vocabulary_text is None else vocabulary_text)
-        # Without autograd each chunk's output replaces its input (no chunk reads another's
-        # features): one B x Nc x hw x E tensor instead of two.
-        in_place = len(chunks) > 1 and not torch.is_grad_enabled()
-        features, maps = [], []
-        for chunk in chunks:
-            f, m = self.fusion(class_features[:, chunk], guidance, summary, class_maps[:, chunk])
-            if in_place:
-                class_features[:, chunk] = f
-            else:
-                features.append(f)
+        maps = []
+        for index, chunk in enumerate(chunks):
+            class_features[index], m = self.fusion(class_features[index], guidance, summary, class_maps[:, chunk])
             maps.append(m)
-        if in_place:
-            return refined_image, class_features, torch.cat(maps, dim=1)
-        if len(chunks) == 1:
-            return refined_image, features[0], maps[0]
-        return refined_image, torch.cat(features, dim=1), torch.cat(maps, dim=1)
+        return refined_image, class_features, maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
     def _sam_step(self, image, text, class_maps, prompt_encoder, chunks):
         """``B x Dout x h x w``: the SAM outputs of all classes, fused (accumulated over chunks)."""

@@ -24,10 +24,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...data.build import default_vocabulary
 from ...utils.errors import EscnetError
+from ...utils.memory import release_free_heap
 from ..model_inputs import batch_vocabulary, normalise_image, output_size, resize_image
 from .clip_encoder import CLIPEncoder
 from .decoder import UpsamplingDecoder
-from .esc_block import ESCBlock, class_chunks
+from .esc_block import ESCBlock, chunk_slices, class_chunks
 from .prompt_generator import PseudoPromptGenerator
 from .sam_blocks import PROMPT_TYPES, SamClassBlock, SamPromptEncoder, load_sam_checkpoint
 from .vlf import VisionLanguageFusion
@@ -81,6 +82,7 @@ class ESCNet(nn.Module):
         sliding_batch: int = 4,
         load_pretrained: bool = True,
         class_chunk_size: int = 0,
+        class_feature_budget_mb: float = 0,
         cer_enabled: bool = False,
         cer_top_k: int = 8,
         cer_after_block: int = 1,
@@ -92,6 +94,7 @@ class ESCNet(nn.Module):
         ``load_pretrained``: load the SAM checkpoint (and CLIP weights, via ``clip_encoder``);
         False when ``MODEL.WEIGHTS`` is set, so trained models need no download.
         ``class_chunk_size``: classes per chunk through the per-class stages (0: all at once).
+        ``class_feature_budget_mb``: bounds the sliding-window views per forward (0: no bound).
         ``cer_*``: category early rejection at inference (``MODEL.ESCNET.CER.*``).
         """
         super().__init__()
@@ -115,6 +118,8 @@ class ESCNet(nn.Module):
             raise EscnetError(f"INPUT.FORMAT={input_format!r}: ESC-Net takes RGB or BGR images")
         if class_chunk_size < 0:
             raise EscnetError(f"MODEL.ESCNET.CLASS_CHUNK_SIZE must be >= 0 (0: all classes at once), got {class_chunk_size}")
+        if class_feature_budget_mb < 0:
+            raise EscnetError(f"MODEL.ESCNET.CLASS_FEATURE_BUDGET_MB must be >= 0 (0: no bound), got {class_feature_budget_mb}")
         if cer_top_k < 1:
             raise EscnetError(f"MODEL.ESCNET.CER.TOP_K must be >= 1, got {cer_top_k}")
         if not 0 <= cer_after_block < num_blocks:
@@ -185,6 +190,9 @@ class ESCNet(nn.Module):
             raise EscnetError(f"TEST.SLIDING_BATCH must be positive, got {sliding_batch}")
         self.sliding_batch = int(sliding_batch)
         self.class_chunk_size = int(class_chunk_size)
+        self.class_feature_budget_bytes = float(class_feature_budget_mb) * 2**20
+        self.hidden_dim = int(hidden_dim)
+        self.grid_size = grid
         self.cer_enabled = bool(cer_enabled)
         self.cer_top_k = int(cer_top_k)
         self.cer_after_block = int(cer_after_block)
@@ -232,6 +240,7 @@ class ESCNet(nn.Module):
             # A trained checkpoint (MODEL.WEIGHTS) replaces every CLIP and SAM tensor.
             "load_pretrained": not cfg.MODEL.WEIGHTS,
             "class_chunk_size": e.CLASS_CHUNK_SIZE,
+            "class_feature_budget_mb": e.CLASS_FEATURE_BUDGET_MB,
             "cer_enabled": e.CER.ENABLED,
             "cer_top_k": e.CER.TOP_K,
             "cer_after_block": e.CER.AFTER_BLOCK,
@@ -303,18 +312,16 @@ class ESCNet(nn.Module):
         """Yield ``(class indices, B x c x S x S logits)`` chunk by chunk (``CLASS_CHUNK_SIZE``).
 
         Every class not yielded is rejected (category early rejection); without it the chunks
-        cover ``range(Nc)`` in order. Memory beyond the ``B x Nc x hw x E`` class features is
-        bounded by the chunk size.
+        cover ``range(Nc)`` in order. The ``B x Nc x hw x E`` class features live as a list of
+        chunks (see :mod:`.esc_block`), and the decoder frees each chunk once decoded, so memory
+        beyond them is bounded by the chunk size and they are gone by the time the caller holds
+        most of the logits.
         """
         dense, intermediates = self.clip_encoder.encode_image_dense(images)
         text = text.to(dense.dtype)
         correlation = torch.einsum("bchw,nc->bnhw", F.normalize(dense, dim=1), F.normalize(text, dim=-1))
         b, nc, h, w = correlation.shape
-        # the 1 -> E 1x1 conv, token-major: B x Nc x hw x E
-        embed = self.correlation_embed
-        class_features = torch.addcmul(
-            embed.bias, correlation.flatten(2).unsqueeze(-1), embed.weight.view(-1)
-        )
+        class_features = [self._embed_correlation(correlation[:, chunk]) for chunk in class_chunks(nc, self.class_chunk_size)]
         image_features, class_maps = dense, correlation
         kept = torch.arange(nc, device=correlation.device)
         vocabulary_text, block_text = text, text
@@ -323,19 +330,35 @@ class ESCNet(nn.Module):
             kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
         for index, block in enumerate(self.blocks):
             image_features, class_features, class_maps = block(
-                image_features, block_text, class_features, class_maps, self.prompt_encoder,
-                self.class_chunk_size, vocabulary_text,
+                image_features, block_text, class_features, class_maps, self.prompt_encoder, vocabulary_text,
             )
             if reject and index + 1 == self.cer_after_block:
                 kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
+        del image_features, class_maps, dense
         guides = self.decoder.skip_guides(intermediates, (h, w))
-        for chunk in class_chunks(kept.numel(), self.class_chunk_size):
-            logits = self.decoder(class_features[:, chunk], guides, (h, w))
+        del intermediates
+        chunks = chunk_slices(class_features)
+        # the freed chunks' pages go back to the system: the caller's output grows meanwhile
+        release = len(chunks) > 1 and correlation.device.type == "cpu" and not torch.is_grad_enabled()
+        for index, chunk in enumerate(chunks):
+            features, class_features[index] = class_features[index], None  # freed once decoded
+            logits = self.decoder(features, guides, (h, w))
+            del features
+            if release:
+                release_free_heap()
             yield kept[chunk], F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _embed_correlation(self, correlation: torch.Tensor) -> torch.Tensor:
+        """``B x c x h x w`` correlation -> ``B x c x hw x E`` class features (the 1 -> E 1x1 conv, token-major)."""
+        embed = self.correlation_embed
+        return torch.addcmul(embed.bias, correlation.flatten(2).unsqueeze(-1), embed.weight.view(-1))
 
     def _reject(self, kept, class_maps, class_features, text):
         """Category early rejection: keep the union over pixels (and images) of each pixel's
-        ``CER.TOP_K`` highest-scoring classes of ``class_maps`` (``B x n x h x w``)."""
+        ``CER.TOP_K`` highest-scoring classes of ``class_maps`` (``B x n x h x w``).
+
+        ``class_features``: list of chunks (consumed) -> the kept classes' features, rechunked.
+        """
         k = min(self.cer_top_k, class_maps.shape[1])
         top = class_maps.flatten(2).topk(k, dim=1).indices  # B x k x hw
         chosen = torch.zeros(class_maps.shape[1], dtype=torch.bool, device=class_maps.device)
@@ -343,7 +366,17 @@ class ESCNet(nn.Module):
         index = chosen.nonzero().flatten()
         if index.numel() == class_maps.shape[1]:
             return kept, class_features, class_maps, text[kept]
-        return kept[index], class_features[:, index], class_maps[:, index], text[kept[index]]
+        pieces = []
+        for position, chunk in enumerate(chunk_slices(class_features)):
+            local = index[(index >= chunk.start) & (index < chunk.stop)] - chunk.start
+            if local.numel():
+                pieces.append(class_features[position].index_select(1, local))
+            class_features[position] = None
+        selected = torch.cat(pieces, dim=1)
+        del pieces
+        chunks = class_chunks(index.numel(), self.class_chunk_size)
+        features = [selected] if len(chunks) == 1 else [selected[:, c].clone() for c in chunks]
+        return kept[index], features, class_maps[:, index], text[kept[index]]
 
     # ------------------------------------------------------------------ helpers
     def _vocabulary(self, batched_inputs):
@@ -406,7 +439,8 @@ class ESCNet(nn.Module):
 
         The image is first scaled so that its shorter side is at least ``S``; window logits are
         averaged where windows overlap, then averaged with the global view's logits; softmax.
-        The views run ``TEST.SLIDING_BATCH`` at a time and each class chunk of their logits is
+        The views run ``TEST.SLIDING_BATCH`` at a time (fewer for large vocabularies:
+        :meth:`sliding_views_per_forward`) and each class chunk of their logits is
         added, with its weight, into one ``Nc x size`` buffer (no per-view logits are kept).
         """
         image = self._normalise(x["image"])
@@ -430,9 +464,10 @@ class ESCNet(nn.Module):
         regions = boxes + [None]  # None: the global view, upsampled to the whole image
         summed = image.new_zeros(text.shape[0], *size)
         num_classes = text.shape[0]
-        for start in range(0, len(views), self.sliding_batch):
-            batch = torch.stack(views[start:start + self.sliding_batch])
-            batch_regions = regions[start:start + self.sliding_batch]
+        views_per_forward = self.sliding_views_per_forward(num_classes, image.element_size())
+        for start in range(0, len(views), views_per_forward):
+            batch = torch.stack(views[start:start + views_per_forward])
+            batch_regions = regions[start:start + views_per_forward]
             seen = torch.zeros(num_classes, dtype=torch.bool, device=summed.device)
             for classes, chunk in self.class_logit_chunks(batch, text):
                 seen[classes] = True
@@ -448,6 +483,14 @@ class ESCNet(nn.Module):
         if tuple(output_size) != tuple(size):
             summed = F.interpolate(summed[None], size=output_size, mode="bilinear", align_corners=False)[0]
         return _softmax_over_classes_(summed)
+
+    def sliding_views_per_forward(self, num_classes: int, element_size: int) -> int:
+        """Views per forward in sliding-window inference: ``TEST.SLIDING_BATCH``, fewer when their
+        ``views x Nc x hw x E`` class features would exceed ``CLASS_FEATURE_BUDGET_MB`` (at least 1)."""
+        if self.class_feature_budget_bytes <= 0:
+            return self.sliding_batch
+        per_view = num_classes * self.grid_size[0] * self.grid_size[1] * self.hidden_dim * element_size
+        return max(1, min(self.sliding_batch, int(self.class_feature_budget_bytes // per_view)))
 
     @staticmethod
     def _add_view(summed, classes, logit, region, window_weights, size):
