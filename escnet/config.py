@@ -70,13 +70,14 @@ def _add_text_cache_config(cfg):
     cfg.MODEL.TEXT_CACHE.ENABLED = True
     # Folder; "": $XDG_CACHE_HOME/escnet/text_features (default ~/.cache/escnet/text_features).
     cfg.MODEL.TEXT_CACHE.DIR = ""
+    # Vocabulary overrides for every model (as CAT-Seg's keys): JSON lists of class names;
+    # empty: each dataset's metadata.stuff_classes.
+    cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON = ""
+    cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON = ""
 
 
 def _add_escnet_model_config(cfg):
     cfg.MODEL.ESCNET = CN()
-    # Vocabulary overrides: JSON lists of class names; empty: the dataset's metadata.stuff_classes.
-    cfg.MODEL.ESCNET.TRAIN_CLASS_JSON = ""
-    cfg.MODEL.ESCNET.TEST_CLASS_JSON = ""
 
     # --- CLIP (clip_encoder.py)
     # open_clip model name (ViT-B-16, ViT-L-14-336, ...) or a JSON model-config path such as

@@ -51,6 +51,7 @@ def test_report_schema_and_values(benchmark_run):
         # peak RSS of the process: at least the memory in use when the case started (> 100 MB with torch)
         assert case["memory_kind"] == "rss"
         assert case["peak_memory_bytes"] >= case["start_memory_bytes"] > 100 * 2**20
+        assert case["image"] == "noise" and case["classes_scored"] == case["num_classes"]  # no rejection
 
     assert [t["num_classes"] for t in report["text"]] == list(NUM_CLASSES)
     for text in report["text"]:
@@ -85,3 +86,24 @@ def test_bad_options_are_one_line_errors(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: --views tiled: use any of single, sliding"
+
+
+def test_category_rejection_case_reports_the_kept_classes_on_the_regions_image(tmp_path):
+    """CER on the flat-regions image: fewer classes keep a non-zero score than the vocabulary has."""
+    output = str(tmp_path / "cer.json")
+    result = run_cli(
+        [
+            os.path.join("tools", "benchmark.py"), "--config-file", TINY_CONFIG, "--num-classes", "12",
+            "--image", "regions", "--warmup", "0", "--repeats", "1", "--device", "cpu", "--no-flops", "--no-text",
+            "--output", output,
+            "--opts", "MODEL.ESCNET.CER.ENABLED", "True", "MODEL.ESCNET.CER.TOP_K", "1", "MODEL.ESCNET.CER.AFTER_BLOCK", "0",
+        ],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output) as f:
+        (case,) = json.load(f)["cases"]
+    assert case["image"] == "regions"
+    assert 0 < case["classes_scored"] < 12
+    assert "image: regions" in result.stdout
+

@@ -78,6 +78,74 @@ def test_chunked_equals_unchunked_inference(model, sliding):
     assert torch.allclose(chunked.sum(0), torch.ones(1), atol=1e-5)
 
 
+def test_sliding_views_per_forward_follow_the_class_feature_budget(model, monkeypatch):
+    """The budget bounds the views per forward (never below 1, never above TEST.SLIDING_BATCH);
+    the sliding output is the same however many views share a forward."""
+    per_view = NUM_CLASSES * model.grid_size[0] * model.grid_size[1] * model.hidden_dim * 4
+    budget = model.class_feature_budget_bytes
+    try:
+        model.sliding_batch = 4
+        model.class_feature_budget_bytes = 0
+        assert model.sliding_views_per_forward(NUM_CLASSES, 4) == 4
+        model.class_feature_budget_bytes = 2.5 * per_view
+        assert model.sliding_views_per_forward(NUM_CLASSES, 4) == 2
+        assert model.sliding_views_per_forward(4 * NUM_CLASSES, 4) == 1  # at least one view
+        model.class_feature_budget_bytes = 100 * per_view
+        assert model.sliding_views_per_forward(NUM_CLASSES, 4) == 4  # at most TEST.SLIDING_BATCH
+
+        image = torch.randint(0, 256, (3, 70, 100), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+        inputs = [{"image": image, "vocabulary": VOCAB}]
+        model.sliding_window = True
+        batches = []
+        original = model.class_logit_chunks
+        monkeypatch.setattr(model, "class_logit_chunks", lambda images, text: batches.append(len(images)) or original(images, text))
+        outputs = {}
+        with torch.no_grad():
+            for name, views_budget in (("all", 0), ("one", 0.5 * per_view)):
+                model.class_feature_budget_bytes = views_budget
+                batches.clear()
+                outputs[name] = model(inputs)[0]["sem_seg"]
+                outputs[name + " batches"] = list(batches)
+    finally:
+        model.sliding_window, model.sliding_batch, model.class_feature_budget_bytes = False, 4, budget
+    assert outputs["one batches"] == [1] * sum(outputs["all batches"]) and max(outputs["all batches"]) > 1
+    assert torch.allclose(outputs["one"], outputs["all"], atol=1e-5)
+
+
+def test_each_chunk_of_class_features_is_freed_once_decoded(model, monkeypatch):
+    """Bounded memory: while chunk i is decoded, the features of chunks < i are gone (weakrefs)."""
+    import weakref
+
+    images, text = _inputs()
+    refs, alive_at_call = [], []
+    decode = model.decoder.forward
+
+    def recording(features, guides, grid_size):
+        alive_at_call.append(sum(r() is not None for r in refs))
+        # its own storage, not a view into one tensor of the whole vocabulary's features
+        assert features.untyped_storage().nbytes() == features.numel() * features.element_size()
+        refs.append(weakref.ref(features))
+        return decode(features, guides, grid_size)
+
+    monkeypatch.setattr(model.decoder, "forward", recording)
+    model.class_chunk_size = 4
+    try:
+        with torch.no_grad():
+            for _ in model.class_logit_chunks(images, text):
+                pass
+    finally:
+        model.class_chunk_size = 0
+    assert len(refs) == 4  # 13 classes in chunks of 4
+    assert alive_at_call == [0, 0, 0, 0]
+
+
+def test_configured_budget_reaches_the_model():
+    model = build_model(tiny_cfg(CLASS_FEATURE_BUDGET_MB=3))
+    assert model.class_feature_budget_bytes == 3 * 2**20
+    with pytest.raises(EscnetError, match="CLASS_FEATURE_BUDGET_MB"):
+        build_model(tiny_cfg(CLASS_FEATURE_BUDGET_MB=-1))
+
+
 def test_training_with_chunks_gives_the_same_loss_and_gradients():
     images, text = _inputs()
     target = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=torch.Generator().manual_seed(2))

@@ -162,7 +162,7 @@ def test_empty_class_list_is_one_line_error(train_net, capsys, tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     line = _run_main(train_net, ["--config-file", TINY_CONFIG, "OUTPUT_DIR", str(tmp_path),
-                                 "MODEL.ESCNET.TRAIN_CLASS_JSON", str(empty)], capsys)
+                                 "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(empty)], capsys)
     assert line == f"error: vocabulary file '{empty}' is empty: give at least one class name"
 
 
@@ -182,7 +182,7 @@ def test_test_vocabulary_must_match_the_ground_truth_classes(train_net, capsys, 
     wrong = tmp_path / "three.json"
     wrong.write_text('["grass", "water", "sand"]')
     line = _run_main(train_net, ["--config-file", TINY_CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path),
-                                 "MODEL.WEIGHTS", checkpoint, "MODEL.ESCNET.TEST_CLASS_JSON", str(wrong)], capsys)
+                                 "MODEL.WEIGHTS", checkpoint, "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", str(wrong)], capsys)
     assert line.startswith("error: dataset 'synthetic_shapes_val': the test vocabulary has 3 classes but the ground truth has 6")
 
 

@@ -61,6 +61,10 @@ logger = logging.getLogger("escnet.benchmark")
 SCHEMA = "escnet-benchmark/1"
 VIEWS = ("single", "sliding")
 VOCABULARY_SOURCES = ("ade847", "generated")
+# Benchmark images: uniform noise, or a few flat colour regions (see benchmark_image).
+IMAGES = ("noise", "regions")
+# Grid of the flat colour regions of the "regions" image (rows x columns).
+REGION_GRID = (3, 4)
 # Aspect ratio (width / height) of the default sliding-window image (ADE20K-like 4:3 photos).
 SLIDING_ASPECT = 4 / 3
 # Seconds between two RSS samples where the kernel's peak-RSS counter cannot be reset.
@@ -260,25 +264,49 @@ def measure_yardstick(model, device, warmup, repeats):
     return {"input_size": [height, width], **timing_summary(times), "peak_memory_bytes": peak.bytes}
 
 
-def measure_case(model, device, precision, image_size, vocabulary, warmup, repeats):
-    """Latency and peak memory of the model's inference on one random image with ``vocabulary``."""
+def benchmark_image(kind, image_size):
+    """``3 x H x W`` uint8 benchmark image (seeded).
+
+    ``noise``: every pixel random. ``regions``: ``REGION_GRID`` flat colour rectangles, a stand-in
+    for a photo of a few objects: with random weights a noise image makes every pixel rank the
+    classes independently, so a per-pixel top-k union (category early rejection) keeps most of a
+    large vocabulary, where a trained model on a real scene keeps a few dozen classes; pixels of
+    one flat region rank alike.
+    """
     generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, *image_size), dtype=torch.uint8, generator=generator)
+    if kind == "noise":
+        return torch.randint(0, 256, (3, *image_size), dtype=torch.uint8, generator=generator)
+    colours = torch.randint(0, 256, (1, 3, *REGION_GRID), generator=generator).float()
+    return torch.nn.functional.interpolate(colours, size=image_size, mode="nearest")[0].to(torch.uint8)
+
+
+def measure_case(model, device, precision, image_size, vocabulary, warmup, repeats, image_kind="noise"):
+    """Latency and peak memory of the model's inference on one benchmark image with ``vocabulary``.
+
+    Also counts the classes with a non-zero score somewhere (``classes_scored``): with category
+    early rejection, rejected classes score exactly 0, so this is the number that were kept.
+    """
+    image = benchmark_image(image_kind, image_size)
     inputs = [{"image": image, "height": image_size[0], "width": image_size[1], "vocabulary": vocabulary}]
+    last = {}
 
     def run():
         (output,) = model(inputs)
         expected = (len(vocabulary), *image_size)
         if tuple(output["sem_seg"].shape) != expected:
             raise RuntimeError(f"model returned sem_seg {tuple(output['sem_seg'].shape)}, expected {expected}")
+        last["sem_seg"] = output["sem_seg"]
 
     with torch.no_grad(), inference_precision(precision, device), PeakMemory(device) as peak:
         times = time_calls(run, device, max(warmup, 1), repeats)  # the first call also caches the text
+    scored = int((last.pop("sem_seg").flatten(1).amax(dim=1) > 0).sum())
     return {
         **timing_summary(times),
         "peak_memory_bytes": peak.bytes,
         "start_memory_bytes": peak.start_bytes,
         "memory_kind": peak.kind,
+        "image": image_kind,
+        "classes_scored": scored,
     }
 
 
@@ -311,6 +339,7 @@ def run_benchmark(args):
         "warmup": args.warmup,
         "repeats": args.repeats,
         "vocabulary_source": args.vocabulary,
+        "image": args.image,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
@@ -345,7 +374,7 @@ def run_benchmark(args):
                 # the yardstick right before and after the case: on a shared machine the load drifts
                 before = measure_yardstick(model, device, 1, args.repeats)["times_s"]
                 case = measure_case(model, device, precision, size, benchmark_vocabulary(n, args.vocabulary),
-                                    args.warmup, args.repeats)
+                                    args.warmup, args.repeats, args.image)
                 local = before + measure_yardstick(model, device, 1, args.repeats)["times_s"]
                 report["yardstick"]["times_s"] += local
                 case = {"view": view, "image_size": list(size), "num_classes": n, "precision": precision, **case}
@@ -379,17 +408,19 @@ def format_table(report):
         f"median {yardstick['median_s']:.3f} s, min {yardstick['min_s']:.3f} s",
         "",
         f"{'view':8s} {'image':>10s} {'Nc':>5s} {'prec':>5s} {'median s':>9s} {'min s':>9s} {'x CLIP':>8s} "
-        f"{'peak GB':>8s}",
+        f"{'peak GB':>8s} {'scored':>7s}",
     ]
     for case in report["cases"]:
         size = f"{case['image_size'][0]}x{case['image_size'][1]}"
         lines.append(
             f"{case['view']:8s} {size:>10s} {case['num_classes']:5d} {case['precision']:>5s} "
             f"{case['median_s']:9.3f} {case['min_s']:9.3f} "
-            f"{case['ratio_to_yardstick']:8.1f} {case['peak_memory_bytes'] / GIB:8.2f}"
+            f"{case['ratio_to_yardstick']:8.1f} {case['peak_memory_bytes'] / GIB:8.2f} {case['classes_scored']:7d}"
         )
     kind = report["cases"][0]["memory_kind"] if report["cases"] else "rss"
-    lines.append(f"(peak memory: {'process peak RSS' if kind == 'rss' else 'torch.cuda.max_memory_allocated'})")
+    lines.append(f"(peak memory: {'process peak RSS' if kind == 'rss' else 'torch.cuda.max_memory_allocated'}; "
+                 f"scored: classes with a non-zero score somewhere, i.e. kept by category early rejection; "
+                 f"image: {report['image']})")
     if report["text"]:
         lines.append("")
         lines.append(f"{'text encoding':14s} {'Nc':>5s} {'prec':>5s} {'median s':>9s} {'ms/class':>9s} {'x CLIP':>8s}")
@@ -420,6 +451,9 @@ def get_parser():
                         help=f"comma-separated views among {', '.join(VIEWS)} (default: single)")
     parser.add_argument("--vocabulary", choices=VOCABULARY_SOURCES, default="ade847",
                         help="class names: the first Nc ADE20K-847 names (default) or generated unique names")
+    parser.add_argument("--image", choices=IMAGES, default="noise",
+                        help="benchmark image: uniform noise (default) or a few flat colour regions (a scene-like "
+                        "input for category early rejection with random weights)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     parser.add_argument("--precision", type=parse_precisions, default=["fp32"],
                         help="comma-separated precisions among fp32, bf16 (autocast); default fp32")

@@ -27,10 +27,10 @@ def check_dataset_registered(dataset_name):
 def dataset_vocabulary(cfg, dataset_name, is_train):
     """The vocabulary (tuple of class entries) used for ``dataset_name``.
 
-    ``MODEL.ESCNET.TRAIN_CLASS_JSON`` / ``TEST_CLASS_JSON`` override the dataset's
+    ``MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON`` / ``TEST_CLASS_JSON`` override the dataset's
     ``metadata.stuff_classes`` when set; the override applies to every train / test dataset.
     """
-    json_path = cfg.MODEL.ESCNET.TRAIN_CLASS_JSON if is_train else cfg.MODEL.ESCNET.TEST_CLASS_JSON
+    json_path = cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON if is_train else cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
     if json_path:
         return load_vocabulary_file(json_path)
     check_dataset_registered(dataset_name)
@@ -43,11 +43,11 @@ def dataset_vocabulary(cfg, dataset_name, is_train):
 def default_vocabulary(cfg, is_train):
     """The vocabulary of the first train (or test) dataset, used when inputs carry none."""
     names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
-    json_path = cfg.MODEL.ESCNET.TRAIN_CLASS_JSON if is_train else cfg.MODEL.ESCNET.TEST_CLASS_JSON
+    json_path = cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON if is_train else cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
     if not names and not json_path:
         raise EscnetError(
             f"no {'training' if is_train else 'test'} vocabulary: set DATASETS.{'TRAIN' if is_train else 'TEST'} "
-            f"or MODEL.ESCNET.{'TRAIN' if is_train else 'TEST'}_CLASS_JSON, or pass a vocabulary"
+            f"or MODEL.SEM_SEG_HEAD.{'TRAIN' if is_train else 'TEST'}_CLASS_JSON, or pass a vocabulary"
         )
     return dataset_vocabulary(cfg, names[0] if names else "", is_train)
 
