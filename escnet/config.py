@@ -142,7 +142,7 @@ def _add_escnet_model_config(cfg):
     cfg.MODEL.ESCNET.DECODER_SKIP_DIMS = [32, 16]
     # Classes per chunk through the per-class stages (PPG, SAM step, VLF, decoder): bounds the
     # memory of large vocabularies; exact for any value (0: all classes at once).
-    cfg.MODEL.ESCNET.CLASS_CHUNK_SIZE = 32
+    cfg.MODEL.ESCNET.CLASS_CHUNK_SIZE = 16
     # Memory budget (MiB) of one forward's B x Nc x hw x HIDDEN_DIM class features: sliding-window
     # inference runs as many views per forward as fit (at least 1, at most TEST.SLIDING_BATCH),
     # so large vocabularies stay in bounded memory (0: always TEST.SLIDING_BATCH views).

@@ -14,6 +14,15 @@ SED_L = os.path.join(REPO, "configs", "sed_convnext_l.yaml")
 VOCABULARY = ("grass", "water", "sand", "red ball", "blue box", "yellow kite")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, also on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def sed_cfg(config=SED_TINY, opts=()):
     from escnet.engine import load_config
 
@@ -376,7 +385,7 @@ def test_benchmark_sed_smoke_and_combined_table(tmp_path):
     claim), then the combined table from its report beside a tools/benchmark.py report."""
     report_path = tmp_path / "sed.json"
     proc = run_cli(["tools/benchmark_sed.py", "--config-file", SED_TINY, "--num-classes", "3,12", "--top-k", "1",
-                    "--warmup", "0", "--repeats", "1", "--output", str(report_path)])
+                    "--warmup", "0", "--repeats", "1", "--threads", "1", "--output", str(report_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["schema"] == "escnet-benchmark-sed/1" and report["top_k"] == 1

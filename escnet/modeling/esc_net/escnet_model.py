@@ -340,6 +340,8 @@ class ESCNet(nn.Module):
         chunks = chunk_slices(class_features)
         # the freed chunks' pages go back to the system: the caller's output grows meanwhile
         release = len(chunks) > 1 and correlation.device.type == "cpu" and not torch.is_grad_enabled()
+        if release:  # the blocks' transients too
+            release_free_heap()
         for index, chunk in enumerate(chunks):
             features, class_features[index] = class_features[index], None  # freed once decoded
             logits = self.decoder(features, guides, (h, w))
@@ -474,6 +476,9 @@ class ESCNet(nn.Module):
                 index = _as_index(classes)
                 for logit, region in zip(chunk.float(), batch_regions):
                     self._add_view(summed, index, logit, region, window_weights, size)
+            del batch
+            if summed.device.type == "cpu":  # this forward's freed pages back before the next one
+                release_free_heap()
             rejected = (~seen).nonzero().flatten()
             if rejected.numel():  # category early rejection: the rejected classes' logit
                 constant = summed.new_full((1, 1, 1), REJECTED_LOGIT)  # a constant upsamples to itself
@@ -497,12 +502,14 @@ class ESCNet(nn.Module):
         """Add one view's ``c x S x S`` logits of ``classes`` into ``summed`` with its weight
         (``size`` None: ``logit`` is a constant, broadcast)."""
         if region is None:
-            if size is not None:
-                logit = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0]
-            summed[classes] += 0.5 * logit
+            if size is not None:  # a fresh tensor: weighted in place
+                logit = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0].mul_(0.5)
+            else:
+                logit = 0.5 * logit
+            _add_into(summed, classes, logit)
             return
         top, bottom, left, right = region
-        summed[classes, top:bottom, left:right] += logit * window_weights[:, top:bottom, left:right]
+        _add_into(summed[:, top:bottom, left:right], classes, logit * window_weights[:, top:bottom, left:right])
 
     def _window_offsets(self, length, window):
         """Start offsets of windows covering ``length``; the last window ends at ``length``."""
@@ -519,6 +526,14 @@ def _as_index(classes: torch.Tensor):
     if last - first + 1 == classes.numel():
         return slice(first, last + 1)
     return classes
+
+
+def _add_into(target: torch.Tensor, classes, values: torch.Tensor) -> None:
+    """``target[classes] += values`` in place, with no copy of ``target[classes]`` for index tensors."""
+    if isinstance(classes, slice):
+        target[classes] += values
+    else:
+        target.index_add_(0, classes, values.expand(len(classes), *target.shape[1:]))
 
 
 def _softmax_over_classes_(logits: torch.Tensor) -> torch.Tensor:
