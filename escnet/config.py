@@ -70,6 +70,9 @@ def _add_text_cache_config(cfg):
     cfg.MODEL.TEXT_CACHE.ENABLED = True
     # Folder; "": $XDG_CACHE_HOME/escnet/text_features (default ~/.cache/escnet/text_features).
     cfg.MODEL.TEXT_CACHE.DIR = ""
+    # CPU only, opt-in lowest-memory mode (glibc): allocations of at least this many MiB get their
+    # own mmap and return to the system when freed; costs about 2x inference time (0: off).
+    cfg.MODEL.CPU_MMAP_THRESHOLD_MB = 0
     # Vocabulary overrides for every model (as CAT-Seg's keys): JSON lists of class names;
     # empty: each dataset's metadata.stuff_classes.
     cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON = ""

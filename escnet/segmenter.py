@@ -29,6 +29,7 @@ from .engine.checkpoint import AtomicCheckpointer
 from .engine.setup import load_config
 from .modeling.trained_weights import needs_trained_weights
 from .utils.errors import EscnetError
+from .utils.memory import apply_memory_settings
 from .utils.precision import inference_precision, validate_precision
 from .vocabulary import validate_vocabulary
 
@@ -280,6 +281,7 @@ class Segmenter:
             )
         if weights_path and "://" not in weights_path and not os.path.isfile(weights_path):
             raise EscnetError(f"checkpoint not found: {weights_path!r} (MODEL.WEIGHTS)")
+        apply_memory_settings(cfg)
         self.model = build_model(cfg)
         self.model.eval()
         if weights_path:

@@ -16,6 +16,7 @@ from ..data.build import build_test_loader, build_train_loader, check_dataset_re
 from ..data.dataset_mapper import SemanticSegmentationMapper
 from ..evaluation import build_evaluator
 from ..utils.io import write_json_atomic
+from ..utils.memory import apply_memory_settings
 from ..utils.precision import inference_precision
 from .checkpoint import AtomicCheckpointer
 from .optimizer import build_optimizer
@@ -83,6 +84,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         check_meta_architecture(cfg.MODEL.META_ARCHITECTURE)
+        apply_memory_settings(cfg)
         return super().build_model(cfg)
 
     @classmethod

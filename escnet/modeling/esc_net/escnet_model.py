@@ -326,6 +326,8 @@ class ESCNet(nn.Module):
         kept = torch.arange(nc, device=correlation.device)
         vocabulary_text, block_text = text, text
         reject = (not self.training) and self.cer_enabled
+        # with many chunks on the CPU, freed heap pages go back to the system between stages
+        release = len(class_features) > 1 and correlation.device.type == "cpu" and not torch.is_grad_enabled()
         if reject and self.cer_after_block == 0:
             kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
         for index, block in enumerate(self.blocks):
@@ -334,19 +336,17 @@ class ESCNet(nn.Module):
             )
             if reject and index + 1 == self.cer_after_block:
                 kept, class_features, class_maps, block_text = self._reject(kept, class_maps, class_features, text)
+            if release:
+                release_free_heap()
         del image_features, class_maps, dense
         guides = self.decoder.skip_guides(intermediates, (h, w))
         del intermediates
         chunks = chunk_slices(class_features)
-        # the freed chunks' pages go back to the system: the caller's output grows meanwhile
-        release = len(chunks) > 1 and correlation.device.type == "cpu" and not torch.is_grad_enabled()
-        if release:  # the blocks' transients too
-            release_free_heap()
         for index, chunk in enumerate(chunks):
             features, class_features[index] = class_features[index], None  # freed once decoded
             logits = self.decoder(features, guides, (h, w))
             del features
-            if release:
+            if release:  # the caller's output grows meanwhile
                 release_free_heap()
             yield kept[chunk], F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
