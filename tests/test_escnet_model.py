@@ -228,6 +228,11 @@ def test_count_params_flops_tool_matches_the_model():
     assert gflops["total"] > 0 and gflops["ESC blocks (SAM blocks + VLF)"] > 0 and gflops["decoder"] > 0
     parts = sum(v for k, v in gflops.items() if k != "total")
     assert parts == pytest.approx(gflops["total"], rel=1e-6)
+    # several class chunks trace too (chunk sizes stay Python ints), with the same cost
+    whole = tool.count(tiny_cfg(CLASS_CHUNK_SIZE=0), num_classes=5)["gflops"]
+    chunked = tool.count(tiny_cfg(CLASS_CHUNK_SIZE=2), num_classes=5)["gflops"]
+    assert chunked["decoder"] == pytest.approx(whole["decoder"], rel=1e-6)
+    assert chunked["total"] == pytest.approx(whole["total"], rel=0.02)
 
 
 def test_trained_weights_need_no_pretrained_downloads(monkeypatch, tmp_path):

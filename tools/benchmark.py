@@ -17,8 +17,9 @@ an evaluation), the ratio of the median to the yardstick's median (the CLIP imag
 at the model's input size, timed in the same process right before and after the case, so that a
 shared machine's drifting load mostly cancels out: the ratio is the figure that travels between
 machines),
-and the peak memory while the case ran: the process's peak RSS on the CPU (the kernel's
-high-water mark, reset before each case; it includes the model's weights), or
+and the peak memory of the timed runs (after the warm-up, which also caches the text features):
+the process's peak RSS on the CPU (the kernel's high-water mark, reset before them; it includes
+the model's weights), or
 ``torch.cuda.max_memory_allocated`` on CUDA. Text encoding is timed separately, with every cache
 bypassed, for each Nc. Parameters and fvcore FLOPs come from ``tools/count_params_flops.py``.
 ``--precision fp32,bf16`` runs every case in both precisions (bf16: autocast); the yardstick always
@@ -291,14 +292,18 @@ def measure_case(model, device, precision, image_size, vocabulary, warmup, repea
     last = {}
 
     def run():
+        last.clear()  # the previous run's output is not kept while this one runs
         (output,) = model(inputs)
         expected = (len(vocabulary), *image_size)
         if tuple(output["sem_seg"].shape) != expected:
             raise RuntimeError(f"model returned sem_seg {tuple(output['sem_seg'].shape)}, expected {expected}")
         last["sem_seg"] = output["sem_seg"]
 
-    with torch.no_grad(), inference_precision(precision, device), PeakMemory(device) as peak:
-        times = time_calls(run, device, max(warmup, 1), repeats)  # the first call also caches the text
+    with torch.no_grad(), inference_precision(precision, device):
+        time_calls(run, device, max(warmup, 1), 0)  # the first call also caches the text
+        last.clear()
+        with PeakMemory(device) as peak:  # the timed runs only: text cached, as in an evaluation
+            times = time_calls(run, device, 0, repeats)
     scored = int((last.pop("sem_seg").flatten(1).amax(dim=1) > 0).sum())
     return {
         **timing_summary(times),

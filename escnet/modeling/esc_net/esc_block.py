@@ -31,8 +31,9 @@ def chunk_slices(chunks):
     """``slice`` of the classes each of ``chunks`` (``B x c_i x ...`` tensors, in order) holds."""
     slices, start = [], 0
     for chunk in chunks:
-        slices.append(slice(start, start + chunk.shape[1]))
-        start += chunk.shape[1]
+        size = int(chunk.shape[1])  # a Python int also while tracing (FLOP counting)
+        slices.append(slice(start, start + size))
+        start += size
     return slices
 
 
