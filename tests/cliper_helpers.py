@@ -1,9 +1,26 @@
-"""Shared by the CLIPer tests: a tiny randomly initialised Stable Diffusion folder (diffusers
-``save_pretrained`` layout, no download) and the config options that point CLIPer at it."""
+"""Shared by the CLIPer tests: the tiny CLIPer model, a tiny randomly initialised Stable
+Diffusion folder (diffusers ``save_pretrained`` layout, no download) and the config options that
+point CLIPer at it."""
 import json
 import os
 
 import torch
+
+from conftest import REPO
+
+TINY_CONFIG = os.path.join(REPO, "configs", "cliper_tiny.yaml")
+
+
+def build(opts=(), config=TINY_CONFIG):
+    """The CLIPer model of ``config`` (default: the tiny one) on the CPU, in eval mode."""
+    from detectron2.modeling import build_model
+
+    from escnet.engine import load_config
+
+    cfg = load_config(config, list(opts) + ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    model.eval()
+    return model
 
 # A tiny UNet whose up_blocks.1 runs self-attention on a 16 x 16 grid for a 32 x 32 image
 # (VAE: one 2x downsampling -> 16 x 16 latent; UNet: 16 -> 8 -> 16).

@@ -32,6 +32,17 @@ def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_escnet_cache", ""), ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: tiny tensors are fastest so, also on a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(args, timeout=600, cwd=REPO, env=None):
     """Run ``python <args>`` in the repo; return the CompletedProcess (text output)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cliper_helpers import tiny_fgc_opts, write_tiny_sd_folder
+from cliper_helpers import TINY_CONFIG, build, tiny_fgc_opts, write_tiny_sd_folder
 from conftest import REPO
 
-TINY_CONFIG = os.path.join(REPO, "configs", "cliper_tiny.yaml")
 TINY_CLIP = os.path.join(REPO, "configs", "clip", "tiny-vit.json")
 VOCABULARY = ("red ball", "blue box", "grass", "sky")
 
@@ -19,17 +18,6 @@ VOCABULARY = ("red ball", "blue box", "grass", "sky")
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     return str(write_tiny_sd_folder(str(tmp_path_factory.mktemp("tiny_sd"))))
-
-
-def build(opts=(), config=TINY_CONFIG):
-    from detectron2.modeling import build_model
-
-    from escnet.engine import load_config
-
-    cfg = load_config(config, list(opts) + ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg)
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from cliper_helpers import build
 from conftest import REPO
 
-TINY_CONFIG = os.path.join(REPO, "configs", "cliper_tiny.yaml")
 VOCABULARY = ("red ball", "blue box", "grass", "sky")
-
-
-def build(opts=()):
-    from detectron2.modeling import build_model
-
-    from escnet.engine import load_config
-
-    cfg = load_config(TINY_CONFIG, list(opts) + ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg)
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ NUM_CLASSES = 13
 VOCAB = tuple(f"class {i}" for i in range(NUM_CLASSES))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(**overrides):

@@ -37,13 +37,7 @@ def _scene(index, size=64):
     return image.to(torch.uint8), label
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tiny model is faster on one thread (much faster on a shared, oversubscribed CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

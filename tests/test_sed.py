@@ -14,13 +14,7 @@ SED_L = os.path.join(REPO, "configs", "sed_convnext_l.yaml")
 VOCABULARY = ("grass", "water", "sand", "red ball", "blue box", "yellow kite")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, also on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sed_cfg(config=SED_TINY, opts=()):

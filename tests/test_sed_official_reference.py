@@ -251,13 +251,7 @@ def reference_sed(sd, inputs, vocabulary, templates, input_size, heads, text_hea
 
 
 # ------------------------------------------------------------------ the test set-up
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, also on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_official_state_dict(names_and_shapes, seed=0):
