@@ -15,10 +15,15 @@ features) are accumulated over chunks or computed once, so the result is the sam
 chunking and the memory of the per-class stages is bounded by the chunk. Each chunk's refined
 features replace its input in the list as soon as they exist (no chunk reads another's), so a
 block never holds two copies of the vocabulary's class features, and a consumer (the decoder)
-can free them chunk by chunk.
+can free them chunk by chunk. At inference the refined features are written into the input
+chunk's own storage, and the maps and SAM sums into tensors that exist before the loop: on the
+CPU a tensor that outlives its chunk, allocated among that chunk's transients, splits the
+heap space they free, so the next chunk's transients extend the heap instead (hundreds of
+MB of resident free heap at large vocabularies).
 """
 import torch
 from torch import nn
+
 
 
 def class_chunks(num_classes: int, chunk_size: int):
@@ -79,11 +84,18 @@ class ESCBlock(nn.Module):
             refined_image = refined_image + self._sam_step(image, text, class_maps, prompt_encoder, chunks)
         guidance = self.fusion.image_guidance(refined_image)
         summary = self.fusion.class_attention.text_summary(text if vocabulary_text is None else vocabulary_text)
-        maps = []
+        maps = None  # B x Nc x h x w, filled chunk by chunk
         for index, chunk in enumerate(chunks):
-            class_features[index], m = self.fusion(class_features[index], guidance, summary, class_maps[:, chunk])
-            maps.append(m)
-        return refined_image, class_features, maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+            refined, m = self.fusion(class_features[index], guidance, summary, class_maps[:, chunk])
+            class_features[index] = _replace_chunk(class_features[index], refined)
+            if len(chunks) == 1:
+                maps = m
+            else:
+                if maps is None:
+                    maps = m.new_empty(m.shape[0], class_maps.shape[1], *m.shape[2:])
+                maps[:, chunk] = m
+            del refined, m
+        return refined_image, class_features, maps
 
     def _sam_step(self, image, text, class_maps, prompt_encoder, chunks):
         """``B x Dout x h x w``: the SAM outputs of all classes, fused (accumulated over chunks)."""
@@ -97,5 +109,18 @@ class ESCBlock(nn.Module):
             prompts = self.prompt_generator(maps.reshape(-1, h, w))
             sparse, dense = prompt_encoder.embed_pseudo_prompt_tokens(prompts, self.prompt_types, factored=True)
             part = self.sam.weighted_keys(image_tokens, text[chunk], sparse, dense, key_pe, weights[:, chunk])
-            summed = part if summed is None else summed + part
+            if summed is None:
+                summed = part
+            elif torch.is_grad_enabled():
+                summed = summed + part
+            else:  # in place: no fresh long-lived tensor per chunk (see the module docstring)
+                summed += part
         return self.sam.fuse_keys(summed, (h, w))
+
+
+def _replace_chunk(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``new`` in place of ``old``: copied into ``old``'s storage at inference (same shape and
+    dtype; see the module docstring), else ``new`` itself (autograd keeps ``old``)."""
+    if torch.is_grad_enabled() or old.shape != new.shape or old.dtype != new.dtype or not old.is_contiguous():
+        return new
+    return old.copy_(new)
