@@ -134,6 +134,43 @@ def test_each_chunk_of_class_features_is_freed_once_decoded(model, monkeypatch):
     assert alive_at_call == [0, 0, 0, 0]
 
 
+def test_inference_refines_each_chunk_in_its_own_storage(model, monkeypatch):
+    """No fresh long-lived tensor per chunk and block at inference (CPU heap drift): the features
+    the decoder gets live in the storages the embedded correlation created, and the output is
+    the one of the out-of-place (autograd) path."""
+    images, text = _inputs()
+    created, decoded = [], []
+    embed, decode = model._embed_correlation, model.decoder.forward
+
+    def recording_embed(correlation):
+        features = embed(correlation)
+        created.append(features.data_ptr())
+        return features
+
+    def recording_decode(features, guides, grid_size):
+        decoded.append(features.data_ptr())
+        return decode(features, guides, grid_size)
+
+    monkeypatch.setattr(model, "_embed_correlation", recording_embed)
+    monkeypatch.setattr(model.decoder, "forward", recording_decode)
+    model.class_chunk_size = 4
+    try:
+        with torch.no_grad():
+            in_place = model.predict_logits(images, text)
+        created.clear(), decoded.clear()
+        with torch.enable_grad():
+            out_of_place = model.predict_logits(images, text)
+            assert out_of_place.requires_grad
+        assert len(created) == len(decoded) == 4 and set(created).isdisjoint(decoded)
+        created.clear(), decoded.clear()
+        with torch.no_grad():
+            model.predict_logits(images, text)
+    finally:
+        model.class_chunk_size = 0
+    assert len(decoded) == 4 and decoded == created
+    assert torch.allclose(in_place, out_of_place.detach(), atol=1e-6)
+
+
 def test_configured_budget_reaches_the_model():
     model = build_model(tiny_cfg(CLASS_FEATURE_BUDGET_MB=3))
     assert model.class_feature_budget_bytes == 3 * 2**20

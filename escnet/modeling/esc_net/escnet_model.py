@@ -353,7 +353,8 @@ class ESCNet(nn.Module):
     def _embed_correlation(self, correlation: torch.Tensor) -> torch.Tensor:
         """``B x c x h x w`` correlation -> ``B x c x hw x E`` class features (the 1 -> E 1x1 conv, token-major)."""
         embed = self.correlation_embed
-        return torch.addcmul(embed.bias, correlation.flatten(2).unsqueeze(-1), embed.weight.view(-1))
+        # a contiguous input gives a contiguous output (a class slice of a batch is not one)
+        return torch.addcmul(embed.bias, correlation.flatten(2).contiguous().unsqueeze(-1), embed.weight.view(-1))
 
     def _reject(self, kept, class_maps, class_features, text):
         """Category early rejection: keep the union over pixels (and images) of each pixel's
