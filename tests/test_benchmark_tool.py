@@ -107,3 +107,29 @@ def test_category_rejection_case_reports_the_kept_classes_on_the_regions_image(t
     assert 0 < case["classes_scored"] < 12
     assert "image: regions" in result.stdout
 
+
+
+def _benchmark_module(monkeypatch):
+    """tools/benchmark.py as a module (it imports its sibling count_params_flops, as when run)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(os.path.join(REPO, "tools"))
+    spec = importlib.util.spec_from_file_location("escnet_benchmark", os.path.join(REPO, "tools", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_weights_are_seeded_so_runs_repeat(monkeypatch):
+    import torch
+
+    benchmark = _benchmark_module(monkeypatch)
+    weights = []
+    for seed in (0, 0, 1):
+        args = benchmark.get_parser().parse_args(["--config-file", TINY_CONFIG, "--device", "cpu", "--seed", str(seed)])
+        _, model = benchmark.build_model(args, "single")
+        weights.append(model.decoder.state_dict())
+    same, other = weights[1], weights[2]
+    assert same.keys() == weights[0].keys() and len(same) > 3
+    assert all(torch.equal(same[k], weights[0][k]) for k in same)
+    assert not all(torch.equal(other[k], weights[0][k]) for k in other)

@@ -249,6 +249,7 @@ def build_model(args, view):
     # no on-disk text cache: text encoding is timed for real (latencies use the in-memory cache)
     opts = ["MODEL.TEXT_CACHE.ENABLED", "False"] + list(args.opts) + ["TEST.SLIDING_WINDOW", str(view == "sliding")]
     cfg = build_segmenter_config(args.config_file, opts=opts, device=args.device)
+    torch.manual_seed(args.seed)  # the weights no checkpoint sets: the same in every run
     segmenter = Segmenter(cfg, allow_random_weights=True)
     check_contract(segmenter.model)
     return cfg, segmenter.model
@@ -341,6 +342,7 @@ def run_benchmark(args):
         "opts": list(args.opts),
         "precisions": list(args.precision),
         "threads": args.threads,
+        "seed": args.seed,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "vocabulary_source": args.vocabulary,
@@ -463,6 +465,9 @@ def get_parser():
     parser.add_argument("--precision", type=parse_precisions, default=["fp32"],
                         help="comma-separated precisions among fp32, bf16 (autocast); default fp32")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random initialisation of weights no checkpoint loads (default: 0), so "
+                        "that runs with random weights, e.g. the classes category early rejection keeps, repeat")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (default: 3)")
     parser.add_argument("--text-repeats", type=int, default=1, help="timed text encodings per Nc (default: 1)")
