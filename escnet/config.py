@@ -70,9 +70,15 @@ def _add_text_cache_config(cfg):
     cfg.MODEL.TEXT_CACHE.ENABLED = True
     # Folder; "": $XDG_CACHE_HOME/escnet/text_features (default ~/.cache/escnet/text_features).
     cfg.MODEL.TEXT_CACHE.DIR = ""
-    # CPU only, opt-in lowest-memory mode (glibc): allocations of at least this many MiB get their
-    # own mmap and return to the system when freed; costs about 2x inference time (0: off).
-    cfg.MODEL.CPU_MMAP_THRESHOLD_MB = 0
+    # CPU heap (glibc malloc; process-wide, set when a model is built for the CPU; 0: glibc's
+    # adaptive default). Allocations of at least MMAP MiB get their own mmap and return to the
+    # system when freed: 32 is the ceiling of glibc's adaptive threshold, fixed from the start;
+    # 1 is the lowest-memory mode (about 2x inference time).
+    cfg.MODEL.CPU_MMAP_THRESHOLD_MB = 32
+    # Free space at the heap's top kept for reuse up to this many MiB (escnet returns free pages
+    # itself between stages). Under glibc's adaptive thresholds every class chunk's transients
+    # went back to the system and were faulted in again (docs/design.md, class chunks).
+    cfg.MODEL.CPU_TRIM_THRESHOLD_MB = 1024
     # Vocabulary overrides for every model (as CAT-Seg's keys): JSON lists of class names;
     # empty: each dataset's metadata.stuff_classes.
     cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON = ""

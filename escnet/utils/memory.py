@@ -4,7 +4,8 @@ import ctypes.util
 import functools
 
 
-# glibc's mallopt parameter number of M_MMAP_THRESHOLD (malloc.h).
+# glibc's mallopt parameter numbers (malloc.h).
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
@@ -41,25 +42,46 @@ def release_free_heap() -> bool:
     return True
 
 
-def set_mmap_threshold(megabytes: float) -> bool:
-    """Serve every allocation of at least ``megabytes`` MiB with its own ``mmap`` (glibc).
-
-    Such blocks go back to the system as soon as they are freed, so the RSS follows the live
-    tensors (lowest peak memory), but every large tensor then costs fresh zeroed pages: on this
-    project's CPU, inference ran about 2x slower. Process-wide and one-way (glibc's adaptive
-    threshold stays off). ``megabytes <= 0`` changes nothing. Returns whether it was applied.
-    """
+def _mallopt(parameter: int, megabytes: float) -> bool:
+    """glibc ``mallopt(parameter, megabytes MiB)``; False where unavailable or ``megabytes <= 0``."""
     if megabytes <= 0:
         return False
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None) if libc is not None else None
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, int(megabytes * 2**20)))
+    return bool(mallopt(parameter, int(megabytes * 2**20)))
+
+
+def set_mmap_threshold(megabytes: float) -> bool:
+    """Serve every allocation of at least ``megabytes`` MiB with its own ``mmap`` (glibc).
+
+    Such blocks go back to the system as soon as they are freed. Small values give the lowest
+    peak memory, but every large tensor then costs fresh zeroed pages (1 MiB: inference about
+    2x slower on this project's CPU). Process-wide; like any ``mallopt`` it turns glibc's
+    adaptive thresholds off. ``megabytes <= 0`` changes nothing. Returns whether it was applied.
+    """
+    return _mallopt(M_MMAP_THRESHOLD, megabytes)
+
+
+def set_trim_threshold(megabytes: float) -> bool:
+    """Keep up to ``megabytes`` MiB of free space at the top of the heap instead of returning it
+    to the system at every ``free`` (glibc's ``M_TRIM_THRESHOLD``).
+
+    Under glibc's adaptive thresholds (trim: at most 64 MiB) the transients of each class chunk
+    went back to the system once freed and were faulted in again by the next chunk; fixed
+    together with :func:`set_mmap_threshold` they stay for reuse (either alone did not help).
+    :func:`release_free_heap` still returns everything free when called. Process-wide;
+    ``megabytes <= 0`` changes nothing. Returns whether it was applied.
+    """
+    return _mallopt(M_TRIM_THRESHOLD, megabytes)
 
 
 def apply_memory_settings(cfg) -> bool:
-    """``MODEL.CPU_MMAP_THRESHOLD_MB`` (see :func:`set_mmap_threshold`) when the model runs on the CPU."""
-    if str(cfg.MODEL.DEVICE).startswith("cpu"):
-        return set_mmap_threshold(cfg.MODEL.CPU_MMAP_THRESHOLD_MB)
-    return False
+    """``MODEL.CPU_MMAP_THRESHOLD_MB`` and ``MODEL.CPU_TRIM_THRESHOLD_MB`` (see
+    :func:`set_mmap_threshold`, :func:`set_trim_threshold`) when the model runs on the CPU.
+    Returns whether any was applied."""
+    if not str(cfg.MODEL.DEVICE).startswith("cpu"):
+        return False
+    applied = set_mmap_threshold(cfg.MODEL.CPU_MMAP_THRESHOLD_MB)
+    return set_trim_threshold(cfg.MODEL.CPU_TRIM_THRESHOLD_MB) or applied

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 
-
 def class_chunks(num_classes: int, chunk_size: int):
     """``slice`` objects covering ``range(num_classes)`` in pieces of ``chunk_size`` (0: one piece)."""
     step = chunk_size if chunk_size > 0 else max(num_classes, 1)
@@ -121,6 +120,6 @@ class ESCBlock(nn.Module):
 def _replace_chunk(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``new`` in place of ``old``: copied into ``old``'s storage at inference (same shape and
     dtype; see the module docstring), else ``new`` itself (autograd keeps ``old``)."""
-    if torch.is_grad_enabled() or old.shape != new.shape or old.dtype != new.dtype or not old.is_contiguous():
+    if torch.is_grad_enabled() or old.shape != new.shape or old.dtype != new.dtype:
         return new
     return old.copy_(new)
